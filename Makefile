@@ -1,0 +1,52 @@
+# saln-exp: `make help` lists the targets. Every target creates .venv first if it is missing.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+BIN := $(VENV)/bin
+ARGS ?=
+
+.DEFAULT_GOAL := help
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-12s %s\n", $$1, $$2}'
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	@test -x $(PY) || python3 -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'
+	@touch $@
+
+install: $(VENV)/.installed ## create .venv and install saln-exp with its pinned dependencies
+
+train: install ## run the default config (digits + lenet + saln on CPU); extra overrides: ARGS="..."
+	$(BIN)/saln-train $(ARGS)
+
+compare: install ## selectors side by side on the offline default, one comparison table
+	$(BIN)/saln-train -m +compare=offline $(ARGS)
+	$(BIN)/saln-report outputs/sweeps/latest --table compare
+
+test: install ## the test suite (what CI runs; Slurm tests skip without a cluster)
+	$(BIN)/pytest $(ARGS)
+
+test-fast: install ## the test suite without the slow end-to-end runs
+	$(BIN)/pytest -m "not slow and not slurm" $(ARGS)
+
+lint: install ## ruff check and format check
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+bench: install ## speed and memory benchmark -> bench/results.json and bench/results.md
+	$(BIN)/saln-bench $(ARGS)
+
+report: install ## tables and figures from the newest sweep (or ARGS="<dirs>")
+	$(BIN)/saln-report $(if $(ARGS),$(ARGS),outputs/sweeps/latest)
+
+slurm-up: ## install and start a one-node Slurm cluster on localhost (root, no systemd)
+	bash scripts/slurm_local_up.sh
+
+slurm-down: ## stop the local Slurm cluster
+	bash scripts/slurm_local_down.sh
+
+clean: ## remove run outputs and caches (not the venv, not data/)
+	rm -rf outputs/runs outputs/sweeps .cache .pytest_cache .ruff_cache
+
+.PHONY: help install train compare test test-fast lint bench report slurm-up slurm-down clean

@@ -1,0 +1,88 @@
+"""Validation at start: a wrong value fails before any data is read, with one line that names
+the key, the value, and what is allowed. Hydra reports unknown group choices itself."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from saln_exp.data import LOADERS
+from saln_exp.data.noise import NOISE_KINDS
+from saln_exp.errors import ConfigError
+from saln_exp.metrics import QUANTILES, RATIO_KEYS
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+METRIC_RE = re.compile(
+    r"^(train|val|test)/(acc|loss_(mean|best|worst|" + "|".join(QUANTILES) + r"))$"
+    r"|^ratio/(" + "|".join(RATIO_KEYS) + r")$"
+)
+
+
+def _get(cfg: DictConfig, key: str) -> Any:
+    return OmegaConf.select(cfg, key, throw_on_missing=False)
+
+
+def _number(cfg: DictConfig, key: str, kind: type, low: float | None = None, high: float | None = None,
+            high_open: bool = True, allow_none: bool = False) -> None:  # fmt: skip
+    value = _get(cfg, key)
+    if value is None and allow_none:
+        return
+    rng = ""
+    if low is not None or high is not None:
+        rng = f" in [{low}, {high}{')' if high_open else ']'}" if high is not None else f" >= {low}"
+    wanted = f"{'an integer' if kind is int else 'a number'}{rng}"
+    if isinstance(value, bool) or not isinstance(value, int | float) or (kind is int and not isinstance(value, int)):
+        raise ConfigError(f"{key} must be {wanted}, got {value!r}")
+    if (low is not None and value < low) or (
+        high is not None and (value >= high if high_open else value > high)
+    ):
+        raise ConfigError(f"{key} must be {wanted}, got {value!r}")
+
+
+def resolve_device(requested: str) -> torch.device:
+    """`auto` picks CUDA when present; asking for a device that is not there is an error."""
+    requested = str(requested)
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(requested)
+    except RuntimeError:
+        raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {requested!r}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device={requested} but CUDA is not available here; use device=auto or device=cpu")
+    return device
+
+
+def validate(cfg: DictConfig) -> None:
+    """Check every value the run depends on; raise ConfigError on the first wrong one."""
+    seed = _get(cfg, "seed")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise ConfigError(f"seed must be an integer or null, got {seed!r}")
+    resolve_device(_get(cfg, "device"))
+    if cfg.dataset.name not in LOADERS:
+        raise ConfigError(f"dataset.name must be one of {sorted(LOADERS)}, got {cfg.dataset.name!r}")
+    _number(cfg, "trainer.epochs", int, low=1)
+    _number(cfg, "dataset.batch_size", int, low=1)
+    _number(cfg, "dataset.val_fraction", float, low=0.0, high=1.0)
+    _number(cfg, "dataset.label_noise.rate", float, low=0.0, high=1.0)
+    if cfg.dataset.label_noise.kind not in NOISE_KINDS:
+        raise ConfigError(f"dataset.label_noise.kind must be one of {NOISE_KINDS}, got {cfg.dataset.label_noise.kind!r}")
+    _number(cfg, "selector.filter_ratio", float, low=0.0, high=1.0)
+    _number(cfg, "selector.candidate_batch_size", int, low=1, allow_none=True)
+    _number(cfg, "selector.min_keep", int, low=1)
+    _number(cfg, "optimizer.lr", float, low=0.0)
+    if _get(cfg, "optimizer.lr") == 0:
+        raise ConfigError("optimizer.lr must be positive, got 0")
+    _number(cfg, "eval.batch_size", int, low=1)
+    _number(cfg, "eval.train_subset", int, low=1, allow_none=True)
+    _number(cfg, "eval.target_acc", float, low=0.0, high=1.0, high_open=False, allow_none=True)
+    _number(cfg, "trainer.checkpoint_every_steps", int, low=1, allow_none=True)
+    if cfg.trainer.precision not in PRECISIONS:
+        raise ConfigError(f"trainer.precision must be one of {PRECISIONS}, got {cfg.trainer.precision!r}")
+    if not METRIC_RE.match(str(cfg.metric)):
+        raise ConfigError(f"metric must look like test/acc, val/loss_q90 or ratio/acc, got {cfg.metric!r}")
+    if cfg.metric.startswith("val/") and _get(cfg, "dataset.val_fraction") == 0:
+        raise ConfigError(f"metric={cfg.metric} needs a validation split; set dataset.val_fraction > 0")

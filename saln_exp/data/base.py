@@ -1,0 +1,159 @@
+"""What every dataset module produces, and the split / noise / device plumbing they share.
+
+A dataset module only turns files into tensors (`SourceData`). Everything else (validation split,
+label noise, moving to the device, batch augmentation) happens here, once, for all of them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from sklearn.model_selection import train_test_split
+from torch import Tensor, nn
+
+from saln_exp.data.noise import corrupt_labels
+
+
+@dataclass
+class SourceData:
+    """A dataset as read from disk: images not normalised (uint8 0-255 or float 0-1)."""
+
+    train_images: Tensor
+    train_targets: Tensor
+    test_images: Tensor
+    test_targets: Tensor
+    num_classes: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    augment: nn.Module | None = None  # per-sample batch augmentation for training batches
+
+
+@dataclass
+class Split:
+    """One split as tensors. `indices` is each sample's index in its source split: reference
+    losses, cached features and forgetting counts are keyed by it."""
+
+    images: Tensor
+    targets: Tensor
+    indices: Tensor
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def to(self, device: torch.device) -> Split:
+        return Split(self.images.to(device), self.targets.to(device), self.indices.to(device))
+
+    def take(self, positions: Tensor | np.ndarray) -> Split:
+        positions = torch.as_tensor(positions, dtype=torch.long, device=self.targets.device)
+        return Split(self.images[positions], self.targets[positions], self.indices[positions])
+
+
+@dataclass
+class DataBundle:
+    name: str
+    train: Split
+    val: Split | None
+    test: Split
+    num_classes: int
+    pipeline: BatchPipeline
+    # bool per source-train index: True where the training label was corrupted on purpose
+    noisy: Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.bool))
+    clean_targets: Tensor | None = None  # uncorrupted training labels, aligned with `train`
+
+    @property
+    def in_shape(self) -> tuple[int, int, int]:
+        return tuple(self.train.images.shape[1:])  # type: ignore[return-value]
+
+    @property
+    def augmented(self) -> bool:
+        return self.pipeline.augment is not None
+
+    def splits(self) -> dict[str, Split]:
+        out = {"train": self.train, "test": self.test}
+        if self.val is not None:
+            out["val"] = self.val
+        return out
+
+
+class BatchPipeline(nn.Module):
+    """Raw batch -> model input: to float, augment (training batches only), normalise.
+
+    Augmentation runs on whole batches on the data's device with per-sample random parameters
+    (kornia), so small datasets never leave the GPU and no DataLoader workers are needed.
+    """
+
+    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...], augment: nn.Module | None):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+        self.augment = augment
+
+    def forward(self, x: Tensor, train: bool) -> Tensor:
+        x = x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
+        if train and self.augment is not None:
+            x = self.augment(x)
+        return (x - self.mean) / self.std
+
+
+def assemble(
+    name: str,
+    source: SourceData,
+    val_fraction: float,
+    split_seed: int,
+    label_noise_rate: float = 0.0,
+    label_noise_kind: str = "symmetric",
+    device: torch.device | str = "cpu",
+) -> DataBundle:
+    """Carve validation from train, corrupt training labels if asked, move everything to `device`."""
+    n_train = len(source.train_targets)
+    all_idx = np.arange(n_train)
+    train_pos, val_pos = all_idx, None
+    if val_fraction > 0:
+        train_pos, val_pos = _stratified_split(source.train_targets.numpy(), val_fraction, split_seed)
+
+    def source_split(positions: np.ndarray) -> Split:
+        p = torch.as_tensor(positions, dtype=torch.long)
+        return Split(source.train_images[p], source.train_targets[p].clone(), p.clone())
+
+    train = source_split(train_pos)
+    val = source_split(val_pos) if val_pos is not None else None
+    test = Split(
+        source.test_images,
+        source.test_targets,
+        torch.arange(len(source.test_targets), dtype=torch.long),
+    )
+
+    noisy = torch.zeros(n_train, dtype=torch.bool)
+    clean_targets = None
+    if label_noise_rate > 0:
+        clean_targets = train.targets.clone()
+        train.targets, flipped = corrupt_labels(
+            train.targets, source.num_classes, label_noise_rate, label_noise_kind, split_seed
+        )
+        noisy[train.indices[flipped]] = True
+
+    device = torch.device(device)
+    pipeline = BatchPipeline(source.mean, source.std, source.augment).to(device)
+    return DataBundle(
+        name=name,
+        train=train.to(device),
+        val=val.to(device) if val is not None else None,
+        test=test.to(device),
+        num_classes=source.num_classes,
+        pipeline=pipeline,
+        noisy=noisy.to(device),
+        clean_targets=clean_targets.to(device) if clean_targets is not None else None,
+    )
+
+
+def _stratified_split(targets: np.ndarray, fraction: float, seed: int):
+    """Seeded, class-stratified split; falls back to a plain split when a class is too rare."""
+    idx = np.arange(len(targets))
+    counts = np.bincount(targets)
+    stratify = targets if counts[counts > 0].min() >= 2 else None
+    train_pos, val_pos = train_test_split(
+        idx, test_size=fraction, random_state=seed, stratify=stratify
+    )
+    return np.sort(train_pos), np.sort(val_pos)

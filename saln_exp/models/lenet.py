@@ -1,0 +1,27 @@
+"""LeNet-5 as in kuangliu/pytorch-cifar, the implementation ASSIST trained (1- or 3-channel input)."""
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class LeNet(nn.Module):
+    min_size = 13  # two 5x5 convs and two 2x2 pools leave at least 1x1
+
+    def __init__(self, in_channels: int, num_classes: int, image_size: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, 6, 5)
+        self.conv2 = nn.Conv2d(6, 16, 5)
+        side = ((image_size - 4) // 2 - 4) // 2
+        self.fc1 = nn.Linear(16 * side * side, 120)
+        self.fc2 = nn.Linear(120, 84)
+        self.classifier = nn.Linear(84, num_classes)
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        """Penultimate activations: SALN's `features=learner` and JEST-style diagnostics use them."""
+        x = F.max_pool2d(F.relu(self.conv1(x)), 2)
+        x = F.max_pool2d(F.relu(self.conv2(x)), 2)
+        x = F.relu(self.fc1(x.flatten(1)))
+        return F.relu(self.fc2(x))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.classifier(self.forward_features(x))

@@ -1,0 +1,1 @@
+"""Reports: runs -> DataFrame -> the papers' tables with our numbers beside theirs, and figures."""

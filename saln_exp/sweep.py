@@ -1,0 +1,108 @@
+"""Sweep bookkeeping: what Hydra knows about this job, and `sweep.json` at the sweep root.
+
+Each job records its own outcome in `<job dir>/status.json` (see tracking.RunFiles). When the
+sweep ends, the `SweepStatus` callback gathers them into `sweep.json`, prints one line per job,
+and exits non-zero if any job failed, so a sweep never reports success over a failed run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
+from hydra.types import RunMode
+from omegaconf import DictConfig
+
+from saln_exp.tracking import write_json
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Runtime:
+    multirun: bool = False
+    overrides: list[str] = field(default_factory=list)
+    run_name: str | None = None
+    group: str | None = None
+
+
+def hydra_runtime() -> Runtime:
+    """What Hydra knows about the current job; empty when called outside a Hydra app (tests)."""
+    if not HydraConfig.initialized():
+        return Runtime()
+    hc = HydraConfig.get()
+    multirun = hc.mode == RunMode.MULTIRUN
+    overrides = [str(o) for o in hc.overrides.task]
+    return Runtime(
+        multirun=multirun,
+        overrides=overrides,
+        run_name=hc.job.override_dirname or None,
+        group=Path(hc.sweep.dir).name if multirun else None,
+    )
+
+
+def collect_jobs(sweep_dir: Path) -> list[dict[str, Any]]:
+    """Every job directory under the sweep with its status, overrides and headline numbers."""
+    jobs = []
+    for status_path in sorted(sweep_dir.glob("**/status.json")):
+        job_dir = status_path.parent
+        status = json.loads(status_path.read_text())
+        entry = {
+            "dir": str(job_dir.relative_to(sweep_dir)),
+            "status": status.get("status"),
+            "overrides": status.get("overrides", []),
+            "error": status.get("error"),
+        }
+        summary_path = job_dir / "summary.json"
+        if summary_path.exists():
+            summary = json.loads(summary_path.read_text())
+            entry.update(metric=summary.get("metric"), value=summary.get("metric_value"))
+        jobs.append(entry)
+    jobs.sort(key=lambda j: (len(j["dir"]), j["dir"]))
+    return jobs
+
+
+def write_sweep_json(sweep_dir: Path, started: str | None = None) -> list[dict[str, Any]]:
+    jobs = collect_jobs(sweep_dir)
+    failed = [j for j in jobs if j["status"] != "completed"]
+    write_json(
+        sweep_dir / "sweep.json",
+        {
+            "status": "failed" if failed else "completed",
+            "started": started,
+            "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "n_jobs": len(jobs),
+            "n_failed": len(failed),
+            "jobs": jobs,
+        },
+    )
+    return jobs
+
+
+class SweepStatus(Callback):
+    def __init__(self) -> None:
+        self.started: str | None = None
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self.started = time.strftime("%Y-%m-%dT%H:%M:%S")
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        jobs = write_sweep_json(sweep_dir, self.started)
+        failed = [j for j in jobs if j["status"] != "completed"]
+        for job in jobs:
+            mark = "ok  " if job["status"] == "completed" else "FAIL"
+            detail = f"{job.get('metric')}={job.get('value'):.4f}" if job.get("value") is not None else (job["error"] or job["status"])
+            print(f"  {mark} {job['dir']:>4}  {' '.join(job['overrides'])}  {detail}", file=sys.stderr)
+        print(f"sweep: {len(jobs) - len(failed)}/{len(jobs)} jobs completed; {sweep_dir / 'sweep.json'}", file=sys.stderr)
+        if failed:
+            print(f"error: {len(failed)} job(s) failed: " + "; ".join(
+                f"#{j['dir']} ({' '.join(j['overrides'])}): {j['error']}" for j in failed), file=sys.stderr)
+            sys.exit(1)

@@ -1,0 +1,52 @@
+"""Shared fixtures: compose real configs with Hydra's compose API, shrink them, and point every
+output at a temporary directory, then call the runner directly (no subprocess)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import DictConfig, open_dict
+
+from saln_exp import PROJECT_ROOT
+
+CONF_DIR = str(PROJECT_ROOT / "conf")
+BIN = Path(sys.executable).parent
+
+# W&B must never reach the network from tests, whatever the developer's environment says.
+os.environ.pop("WANDB_API_KEY", None)
+os.environ["WANDB_SILENT"] = "true"
+
+
+def compose_cfg(tmp_path: Path, *overrides: str) -> DictConfig:
+    """The real config tree with `overrides`, outputs under `tmp_path`, no W&B, no progress bars."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose(config_name="config", overrides=["logger=none", *overrides])
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(tmp_path / "run")
+        cfg.paths.log_dir = str(tmp_path / "logs")
+        cfg.paths.cache_dir = str(tmp_path / "cache")
+        if "paths.data_dir" not in " ".join(overrides):
+            cfg.paths.data_dir = str(tmp_path / "data")
+        cfg.trainer.progress = False
+    return cfg
+
+
+@pytest.fixture
+def make_cfg(tmp_path):
+    return lambda *overrides: compose_cfg(tmp_path, *overrides)
+
+
+def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+    """`saln-train ...` in a subprocess, the way a user runs it."""
+    full_env = {**os.environ, "WANDB_MODE": "disabled", **(env or {})}
+    return subprocess.run(
+        [str(BIN / "saln-train"), *args], cwd=cwd or PROJECT_ROOT, env=full_env,
+        capture_output=True, text=True, timeout=timeout,
+    )  # fmt: skip
