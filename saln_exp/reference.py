@@ -1,0 +1,147 @@
+"""The reference ("irreducible loss") model that JEST and RHO-LOSS score samples against.
+
+Given `selector.reference.checkpoint` it is loaded; otherwise it is trained first on the held-out
+(validation) split, as RHO-LOSS does, and cached under `paths.cache_dir/reference/` by a hash of
+everything that determines it (data, model, optimizer, epochs, seed), so a sweep trains it once.
+When training batches are not augmented, its per-sample losses on the training split are
+precomputed once and looked up by dataset index, with the labels stored beside them and checked
+on every lookup (RHO-LOSS's order check); with augmentation they are computed on the batch itself.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig, OmegaConf
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from saln_exp.data.base import DataBundle, Split
+from saln_exp.errors import ConfigError
+from saln_exp.metrics import per_sample_outputs
+from saln_exp.models import build_model
+from saln_exp.selectors.base import Batch, RunContext
+from saln_exp.optim import build_optimizer
+
+log = logging.getLogger(__name__)
+
+
+def reference_settings(ctx: RunContext, options: dict[str, Any]) -> dict[str, Any]:
+    """The reference model's full recipe, with the learner's choices as defaults."""
+    cfg = ctx.cfg
+    split = options.get("split", "auto")
+    if split == "auto":
+        split = "val" if ctx.data.val is not None else "train"
+    if split == "val" and ctx.data.val is None:
+        raise ConfigError("selector.reference.split=val needs a validation split; set dataset.val_fraction > 0")
+    if split not in ("val", "train"):
+        raise ConfigError(f"selector.reference.split must be auto, val or train, got {split!r}")
+    return {
+        "split": split,
+        "model": options.get("model") or OmegaConf.to_container(cfg.model, resolve=True),
+        "optimizer": options.get("optimizer") or OmegaConf.to_container(cfg.optimizer, resolve=True),
+        "epochs": int(options.get("epochs", 10)),
+        "batch_size": int(options.get("batch_size") or cfg.dataset.batch_size),
+        "seed": int(cfg.seed),
+        "dataset": OmegaConf.to_container(cfg.dataset, resolve=True),
+    }
+
+
+def settings_hash(settings: dict[str, Any]) -> str:
+    fingerprint = {k: v for k, v in settings.items()}
+    fingerprint["dataset"] = {k: v for k, v in settings["dataset"].items() if k not in ("batch_size", "download")}
+    return hashlib.sha1(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def fit_reference(model: nn.Module, split: Split, data: DataBundle, settings: dict[str, Any], device: torch.device) -> None:
+    """Plain mini-batch SGD on the held-out split (no selection, no evaluation)."""
+    optimizer = build_optimizer(OmegaConf.create(settings["optimizer"]), model.parameters())
+    g = torch.Generator().manual_seed(settings["seed"] + 31)
+    bs = settings["batch_size"]
+    model.train()
+    for epoch in tqdm(range(settings["epochs"]), desc=f"reference model on {settings['split']}", leave=False):
+        order = torch.randperm(len(split), generator=g).to(device)
+        for start in range(0, len(split), bs):
+            pos = order[start : start + bs]
+            loss = F.cross_entropy(model(data.pipeline(split.images[pos], train=True)), split.targets[pos])
+            if not torch.isfinite(loss):
+                raise ConfigError(
+                    f"the reference model diverged (loss {loss.item()}) in epoch {epoch + 1}; "
+                    "lower selector.reference.optimizer.lr"
+                )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+    model.eval()
+
+
+class ReferenceLosses:
+    """Per-sample losses of the reference model for a candidate batch."""
+
+    def __init__(self, model: nn.Module, losses: Tensor | None, targets: Tensor | None, autocast):
+        self.model = model
+        self.losses = losses  # by source index, when precomputed
+        self.targets = targets  # labels the precomputed losses were computed with
+        self.autocast = autocast
+
+    def __call__(self, batch: Batch) -> Tensor:
+        if self.losses is not None:
+            if not torch.equal(self.targets[batch.index], batch.y):
+                raise RuntimeError(
+                    "reference losses are out of order: cached labels differ from the batch's; "
+                    "delete the reference cache under paths.cache_dir/reference"
+                )
+            return self.losses[batch.index]
+        with torch.inference_mode(), self.autocast():
+            logits = self.model(batch.x).float()
+        return F.cross_entropy(logits, batch.y, reduction="none")
+
+    @classmethod
+    def prepare(cls, ctx: RunContext, options: dict[str, Any]) -> ReferenceLosses:
+        model = cls.load_or_train(ctx, options)
+        if ctx.data.augmented:
+            return cls(model, None, None, ctx.autocast)
+        train = ctx.data.train
+        losses, _, _ = per_sample_outputs(model, train, ctx.data.pipeline, int(ctx.cfg.eval.batch_size))
+        by_index = torch.zeros(len(ctx.data.noisy), device=ctx.device)
+        targets = torch.full((len(ctx.data.noisy),), -1, dtype=torch.long, device=ctx.device)
+        by_index[train.indices] = losses
+        targets[train.indices] = train.targets
+        return cls(model, by_index, targets, ctx.autocast)
+
+    @staticmethod
+    def load_or_train(ctx: RunContext, options: dict[str, Any]) -> nn.Module:
+        settings = reference_settings(ctx, options)
+        model = build_model(OmegaConf.create(settings["model"]), ctx.data.in_shape, ctx.data.num_classes).to(ctx.device)
+        checkpoint = options.get("checkpoint")
+        if checkpoint:
+            if not Path(checkpoint).exists():
+                raise ConfigError(f"selector.reference.checkpoint not found: {checkpoint}")
+            model.load_state_dict(torch.load(checkpoint, map_location=ctx.device, weights_only=True))
+            return model.eval()
+        path = Path(ctx.cache_dir) / "reference" / f"{settings_hash(settings)}.pt"
+        if path.exists():
+            log.info("reference model: loaded from cache %s", path)
+            model.load_state_dict(torch.load(path, map_location=ctx.device, weights_only=True))
+            return model.eval()
+        if settings["split"] == "train":
+            log.warning(
+                "reference model: no validation split, so it trains on the training split; "
+                "set dataset.val_fraction > 0 for a held-out reference as in RHO-LOSS"
+            )
+        split = ctx.data.val if settings["split"] == "val" else ctx.data.train
+        with torch.random.fork_rng(devices=[]):  # the learner's random stream stays untouched
+            torch.manual_seed(settings["seed"] + 97)
+            fit_reference(model, split, ctx.data, settings, ctx.device)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        torch.save(model.state_dict(), tmp)
+        tmp.replace(path)
+        log.info("reference model: trained %d epochs on %s, cached at %s", settings["epochs"], settings["split"], path)
+        return model

@@ -1,0 +1,38 @@
+"""ASSIST Algorithm 8 (epochwise filtering): at each epoch start, keep the training samples the
+model misclassifies (eval mode, no augmentation) and train the epoch on those only.
+
+`batchwise: true` also filters every batch of that epoch (ASSIST's "Epoch + Batch" runs; combine
+with `selector.accumulate=true` for Algorithm 10's stable batch size).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from saln_exp.metrics import per_sample_outputs
+from saln_exp.selectors.base import Batch, BatchView, RunContext, Selector
+
+
+class EpochAccuracyFilter(Selector):
+    name = "accuracy_epoch"
+
+    def __init__(self, batchwise: bool = False, **common):
+        super().__init__(**common)
+        self.batchwise = bool(batchwise)
+        self.epoch_kept_frac = 1.0
+
+    def epoch_positions(self, ctx: RunContext) -> Tensor:
+        train = ctx.data.train
+        _, predictions, _ = per_sample_outputs(ctx.model, train, ctx.data.pipeline, int(ctx.cfg.eval.batch_size))
+        wrong = torch.nonzero(predictions != train.targets).flatten()
+        self.epoch_kept_frac = len(wrong) / len(train)
+        if len(wrong) < self.min_keep:  # nothing left to learn from: fall back to the whole set
+            return torch.arange(len(train))
+        return wrong
+
+    def choose(self, batch: Batch, view: BatchView):
+        diagnostics = {"epoch_kept_frac": self.epoch_kept_frac}
+        if not self.batchwise:
+            return torch.arange(len(batch)), diagnostics
+        return torch.nonzero(view.predictions != batch.y).flatten(), diagnostics

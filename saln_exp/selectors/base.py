@@ -1,0 +1,199 @@
+"""The selector contract: a candidate batch and a lazy view of it in, kept positions out.
+
+A selector never trains, logs or touches the optimizer. It reads what it needs from the
+`BatchView` (each quantity computed at most once per batch, and only when asked), returns the
+positions to train on and a dict of numbers worth logging. The trainer does the rest.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from saln_exp.errors import ConfigError
+
+if TYPE_CHECKING:
+    from saln_exp.data.base import DataBundle
+
+FEATURE_SOURCES = ("pixels", "learner", "pretrained")
+
+
+@dataclass
+class Batch:
+    """A candidate batch: dataset indices, model inputs (augmented, normalised), labels."""
+
+    index: Tensor
+    x: Tensor
+    y: Tensor
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def take(self, positions: Tensor) -> Batch:
+        return Batch(self.index[positions], self.x[positions], self.y[positions])
+
+
+@dataclass
+class Selection:
+    positions: Tensor  # positions in the candidate batch to train on: unique, sorted
+    diagnostics: dict[str, float] = field(default_factory=dict)
+    fallback: bool = False  # the filter kept too few and a uniform draw replaced it
+
+
+@dataclass
+class ViewSources:
+    """What a selector's `prepare` adds to every view: lookups keyed by dataset index."""
+
+    pretrained_features: Callable[[Tensor], Tensor] | None = None
+    reference_losses: Callable[[Batch], Tensor] | None = None
+
+
+class BatchView:
+    """Lazily computed facts about one candidate batch.
+
+    Learner outputs come from one inference-mode forward in eval mode (no dropout noise, no
+    batch-norm statistics updated by looking); logits and penultimate features share it.
+    `computed` counts each computation so tests can check "at most once".
+    """
+
+    def __init__(
+        self,
+        batch: Batch,
+        model: nn.Module,
+        sources: ViewSources | None = None,
+        autocast: Callable[[], AbstractContextManager] = nullcontext,
+    ):
+        self.batch = batch
+        self.model = model
+        self.sources = sources or ViewSources()
+        self.autocast = autocast
+        self.computed: dict[str, int] = {}
+        self._cache: dict[str, Tensor] = {}
+
+    def _once(self, key: str, compute: Callable[[], Tensor]) -> Tensor:
+        if key not in self._cache:
+            self._cache[key] = compute()
+            self.computed[key] = self.computed.get(key, 0) + 1
+        return self._cache[key]
+
+    def has(self, key: str) -> bool:
+        return key in self._cache
+
+    def _forward(self) -> Tensor:
+        was_training = self.model.training
+        self.model.eval()
+        with torch.inference_mode(), self.autocast():
+            feats = self.model.forward_features(self.batch.x)
+            logits = self.model.classifier(feats)
+        self.model.train(was_training)
+        self._cache["learner_features"] = feats.float()
+        return logits.float()
+
+    @property
+    def logits(self) -> Tensor:
+        return self._once("logits", self._forward)
+
+    @property
+    def losses(self) -> Tensor:
+        """Per-sample cross-entropy of the learner."""
+        return self._once("losses", lambda: F.cross_entropy(self.logits, self.batch.y, reduction="none"))
+
+    @property
+    def predictions(self) -> Tensor:
+        return self._once("predictions", lambda: self.logits.argmax(dim=1))
+
+    @property
+    def probabilities(self) -> Tensor:
+        return self._once("probabilities", lambda: self.logits.softmax(dim=1))
+
+    def features(self, source: str) -> Tensor:
+        """Per-sample feature rows (n x d) from `pixels`, `learner` or `pretrained`."""
+        if source == "pixels":
+            return self._once("pixels", lambda: self.batch.x.flatten(1).float())
+        if source == "learner":
+            _ = self.logits
+            return self._cache["learner_features"]
+        if source == "pretrained":
+            lookup = self.sources.pretrained_features
+            if lookup is None:
+                raise RuntimeError("pretrained features requested but the selector did not prepare them")
+            return self._once("pretrained", lambda: lookup(self.batch.index))
+        raise ConfigError(f"features must be one of {FEATURE_SOURCES}, got {source!r}")
+
+    @property
+    def reference_losses(self) -> Tensor:
+        lookup = self.sources.reference_losses
+        if lookup is None:
+            raise RuntimeError("reference losses requested but the selector did not prepare them")
+        return self._once("reference_losses", lambda: lookup(self.batch))
+
+
+@dataclass
+class RunContext:
+    """What `Selector.prepare` and epoch hooks may use: the data, the learner, where to cache."""
+
+    cfg: Any
+    data: DataBundle
+    model: nn.Module
+    device: torch.device
+    cache_dir: str
+    run_dir: str
+    autocast: Callable[[], AbstractContextManager] = nullcontext
+
+
+class Selector:
+    """Base class. Subclasses implement `choose`; `select` adds the fallback rule."""
+
+    name = "base"
+
+    def __init__(self, filter_ratio: float = 0.0, min_keep: int = 1, seed: int = 0, **unused: Any):
+        if unused:
+            raise ConfigError(f"selector={self.name} has no option(s) {sorted(unused)}")
+        if not 0.0 <= float(filter_ratio) < 1.0:
+            raise ConfigError(f"selector.filter_ratio must be in [0, 1), got {filter_ratio}")
+        if int(min_keep) < 1:
+            raise ConfigError(f"selector.min_keep must be at least 1, got {min_keep}")
+        self.filter_ratio = float(filter_ratio)
+        self.min_keep = int(min_keep)
+        self.generator = torch.Generator().manual_seed(int(seed) + 104729)
+
+    # -- the contract ---------------------------------------------------------------------------
+    def prepare(self, ctx: RunContext) -> ViewSources:
+        """Once before training: build caches (features, reference model). Default: nothing."""
+        return ViewSources()
+
+    def epoch_positions(self, ctx: RunContext) -> Tensor | None:
+        """Once per epoch: the training positions the epoch iterates over (None = all)."""
+        return None
+
+    def choose(self, batch: Batch, view: BatchView) -> tuple[Tensor, dict[str, float]]:
+        raise NotImplementedError
+
+    def select(self, batch: Batch, view: BatchView) -> Selection:
+        positions, diagnostics = self.choose(batch, view)
+        fallback = len(positions) < self.min_keep
+        if fallback:  # ASSIST's rule: too few left, fall back to a uniform draw (plain SGD)
+            positions = self.uniform(len(batch), self.keep_count(len(batch)))
+        positions = torch.sort(positions.to(batch.y.device)).values
+        return Selection(positions, diagnostics, fallback)
+
+    # -- shared helpers -------------------------------------------------------------------------
+    def keep_count(self, n: int) -> int:
+        """int(n * (1 - f)), at least 1. The epsilon makes 100 * (1 - 0.8) keep 20, not the 19
+        plain float arithmetic gives; elsewhere it equals SALN's and JEST's `int(...)`."""
+        return max(1, int(n * (1.0 - self.filter_ratio) + 1e-9))
+
+    def uniform(self, n: int, k: int) -> Tensor:
+        return torch.randperm(n, generator=self.generator)[:k]
+
+    def state_dict(self) -> dict:
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])

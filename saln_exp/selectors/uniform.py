@@ -1,0 +1,10 @@
+"""The honest control: a uniformly random subset of the size the selector under test keeps."""
+
+from saln_exp.selectors.base import Batch, BatchView, Selector
+
+
+class Uniform(Selector):
+    name = "uniform"
+
+    def choose(self, batch: Batch, view: BatchView):
+        return self.uniform(len(batch), self.keep_count(len(batch))), {}
