@@ -157,6 +157,7 @@ class Trainer:
         while self.progress.epoch < self.epochs:
             self.run_epoch()
             self.end_epoch()
+        self.save_final_artifacts()
         return self.progress.history
 
     # -- one epoch ---------------------------------------------------------------------------------
@@ -210,6 +211,8 @@ class Trainer:
             view = BatchView(batch, self.model, self.sources, self.autocast)
             selection = self.selector.select(batch, view)
         self.record_selection(batch, view, selection)
+        if self.progress.epoch == 0 and self.progress.cursor == int(self.cfg.trainer.get("example_batch", 0)):
+            self.save_selection_example(batch, selection)
         kept = batch if len(selection.positions) == len(batch) else batch.take(selection.positions)
         stats.seen += len(batch)
         stats.kept += len(kept)
@@ -235,6 +238,43 @@ class Trainer:
                 values["loss_kept"] = losses[~dropped].mean().item()
                 values["loss_dropped"] = losses[dropped].mean().item() if dropped.any() else float("nan")
         stats.add_diagnostics(values)
+
+    def save_selection_example(self, batch: Batch, selection: Selection, limit: int = 64) -> None:
+        """The images of one candidate batch as the selector saw them, and which it kept
+        (SALN Fig. 7-8). Written once, in the first epoch."""
+        pipe = self.data.pipeline
+        images = (batch.x[:limit].float() * pipe.std + pipe.mean).clamp(0, 1)
+        kept = torch.zeros(len(batch), dtype=torch.bool, device=batch.y.device)
+        kept[selection.positions] = True
+        torch.save(
+            {
+                "images": (images * 255).round().to(torch.uint8).cpu(),
+                "labels": batch.y[:limit].cpu(),
+                "index": batch.index[:limit].cpu(),
+                "kept": kept[:limit].cpu(),
+                "selector": self.cfg.selector.name,
+                "batch": self.progress.cursor,
+            },
+            self.run_dir / "selection_example.pt",
+        )
+
+    def save_final_artifacts(self) -> None:
+        """Final-layer weights (SALN Fig. 9-10) and per-sample forgetting counts (Toneva et al.)."""
+        head = self.model.classifier
+        np.savez_compressed(
+            self.run_dir / "final_layer.npz",
+            weight=head.weight.detach().float().cpu().numpy(),
+            bias=head.bias.detach().float().cpu().numpy() if head.bias is not None else np.zeros(0),
+        )
+        index = self.data.train.indices.cpu()
+        np.savez_compressed(
+            self.run_dir / "forgetting.npz",
+            index=index.numpy(),
+            events=self.forgetting.events.cpu()[index].numpy(),
+            learned=self.forgetting.learned.cpu()[index].numpy(),
+            presented=self.forgetting.presented.cpu()[index].numpy(),
+            noisy=self.data.noisy.cpu()[index].numpy(),
+        )
 
     def train_step(self, batch: Batch) -> None:
         p, stats = self.progress, self.progress.epoch_stats
