@@ -1,0 +1,80 @@
+"""W&B: an offline run is written and can be read back; W&B failures never fail a run."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+import wandb
+
+from saln_exp.train import run
+from wandb_records import history, run_info, summary
+
+FAST = ("model=fcnet", "model.hidden=32", "dataset.image_size=8", "trainer.epochs=2")
+
+
+def wandb_file(run_dir):
+    files = list((run_dir / "wandb").rglob("run-*.wandb"))
+    assert len(files) == 1, files
+    return files[0]
+
+
+def test_offline_run_is_readable_and_matches_local_metrics(make_cfg, tmp_path, caplog):
+    cfg = make_cfg("logger=wandb", "logger.mode=offline", "tags=[unit,offline]", *FAST)
+    with caplog.at_level(logging.INFO):
+        run(cfg)
+    run_dir = tmp_path / "run"
+    path = wandb_file(run_dir)
+    local = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    logged = history(path)
+    assert [r["epoch"] for r in logged] == [1, 2]
+    for ours, theirs in zip(local, logged, strict=True):
+        assert theirs["test/acc"] == pytest.approx(ours["test/acc"])
+        assert theirs["samples/backprop"] == ours["samples/backprop"]
+    info = run_info(path)
+    assert info["project"] == "saln-exp"
+    assert info["job_type"] == "none"  # the selector
+    assert info["tags"] == ["unit", "offline"]
+    assert info["config"]["selector"]["name"] == "none"
+    assert info["id"] == (run_dir / "wandb_id").read_text().strip()
+    final = summary(path)
+    assert final["final_test_acc"] == pytest.approx(local[-1]["test/acc"])
+    assert any("wandb sync" in r.getMessage() for r in caplog.records)
+
+
+def test_disabled_mode_writes_nothing(make_cfg, tmp_path):
+    run(make_cfg("logger=wandb", "logger.mode=disabled", *FAST))
+    assert not (tmp_path / "run" / "wandb").exists()
+    assert (tmp_path / "run" / "summary.json").exists()
+
+
+def test_wandb_init_failure_does_not_fail_the_run(make_cfg, tmp_path, monkeypatch, caplog):
+    def broken_init(*args, **kwargs):
+        raise RuntimeError("network unreachable")
+
+    monkeypatch.setattr(wandb, "init", broken_init)
+    with caplog.at_level(logging.WARNING):
+        run(make_cfg("logger=wandb", "logger.mode=online", *FAST))
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["status"] == "completed"
+    assert any("W&B disabled" in r.getMessage() for r in caplog.records)
+
+
+def test_wandb_logging_failure_mid_run_does_not_fail_the_run(make_cfg, tmp_path, monkeypatch, caplog):
+    real_init = wandb.init
+
+    def init_with_broken_log(*args, **kwargs):
+        handle = real_init(*args, **kwargs)
+
+        def broken_log(*a, **k):
+            raise ConnectionError("lost the connection")
+
+        handle.log = broken_log
+        return handle
+
+    monkeypatch.setattr(wandb, "init", init_with_broken_log)
+    with caplog.at_level(logging.WARNING):
+        run(make_cfg("logger=wandb", "logger.mode=offline", *FAST))
+    rows = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert len(rows) == 2
+    assert any("W&B log failed" in r.getMessage() for r in caplog.records)
