@@ -34,7 +34,11 @@ def _number(cfg: DictConfig, key: str, kind: type, low: float | None = None, hig
     if low is not None or high is not None:
         rng = f" in [{low}, {high}{')' if high_open else ']'}" if high is not None else f" >= {low}"
     wanted = f"{'an integer' if kind is int else 'a number'}{rng}"
-    if isinstance(value, bool) or not isinstance(value, int | float) or (kind is int and not isinstance(value, int)):
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or (kind is int and not isinstance(value, int))
+    ):
         raise ConfigError(f"{key} must be {wanted}, got {value!r}")
     if (low is not None and value < low) or (
         high is not None and (value >= high if high_open else value > high)
@@ -52,7 +56,9 @@ def resolve_device(requested: str) -> torch.device:
     except RuntimeError:
         raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {requested!r}") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device={requested} but CUDA is not available here; use device=auto or device=cpu")
+        raise ConfigError(
+            f"device={requested} but CUDA is not available here; use device=auto or device=cpu"
+        )
     return device
 
 
@@ -63,13 +69,17 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"seed must be an integer or null, got {seed!r}")
     resolve_device(_get(cfg, "device"))
     if cfg.dataset.name not in LOADERS:
-        raise ConfigError(f"dataset.name must be one of {sorted(LOADERS)}, got {cfg.dataset.name!r}")
+        raise ConfigError(
+            f"dataset.name must be one of {sorted(LOADERS)}, got {cfg.dataset.name!r}"
+        )
     _number(cfg, "trainer.epochs", int, low=1)
     _number(cfg, "dataset.batch_size", int, low=1)
     _number(cfg, "dataset.val_fraction", float, low=0.0, high=1.0)
     _number(cfg, "dataset.label_noise.rate", float, low=0.0, high=1.0)
     if cfg.dataset.label_noise.kind not in NOISE_KINDS:
-        raise ConfigError(f"dataset.label_noise.kind must be one of {NOISE_KINDS}, got {cfg.dataset.label_noise.kind!r}")
+        raise ConfigError(
+            f"dataset.label_noise.kind must be one of {NOISE_KINDS}, got {cfg.dataset.label_noise.kind!r}"
+        )
     _number(cfg, "selector.filter_ratio", float, low=0.0, high=1.0)
     _number(cfg, "selector.candidate_batch_size", int, low=1, allow_none=True)
     _number(cfg, "selector.min_keep", int, low=1)
@@ -81,8 +91,14 @@ def validate(cfg: DictConfig) -> None:
     _number(cfg, "eval.target_acc", float, low=0.0, high=1.0, high_open=False, allow_none=True)
     _number(cfg, "trainer.checkpoint_every_steps", int, low=1, allow_none=True)
     if cfg.trainer.precision not in PRECISIONS:
-        raise ConfigError(f"trainer.precision must be one of {PRECISIONS}, got {cfg.trainer.precision!r}")
+        raise ConfigError(
+            f"trainer.precision must be one of {PRECISIONS}, got {cfg.trainer.precision!r}"
+        )
     if not METRIC_RE.match(str(cfg.metric)):
-        raise ConfigError(f"metric must look like test/acc, val/loss_q90 or ratio/acc, got {cfg.metric!r}")
+        raise ConfigError(
+            f"metric must look like test/acc, val/loss_q90 or ratio/acc, got {cfg.metric!r}"
+        )
     if cfg.metric.startswith("val/") and _get(cfg, "dataset.val_fraction") == 0:
-        raise ConfigError(f"metric={cfg.metric} needs a validation split; set dataset.val_fraction > 0")
+        raise ConfigError(
+            f"metric={cfg.metric} needs a validation split; set dataset.val_fraction > 0"
+        )

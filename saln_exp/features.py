@@ -51,13 +51,21 @@ def build_backbone(name: str, weights: str | None, download: bool) -> nn.Module:
 
 
 def cache_key(dataset_cfg: DictConfig, backbone: str, weights: str | None, size: int | None) -> str:
-    content = {k: v for k, v in OmegaConf.to_container(dataset_cfg, resolve=True).items() if k not in NOT_CONTENT}
-    blob = json.dumps({"dataset": content, "backbone": backbone, "weights": weights, "size": size}, sort_keys=True)
+    content = {
+        k: v
+        for k, v in OmegaConf.to_container(dataset_cfg, resolve=True).items()
+        if k not in NOT_CONTENT
+    }
+    blob = json.dumps(
+        {"dataset": content, "backbone": backbone, "weights": weights, "size": size}, sort_keys=True
+    )
     return f"{dataset_cfg.name}_{backbone}_{weights}_{size}_{hashlib.sha1(blob.encode()).hexdigest()[:10]}"
 
 
 @torch.inference_mode()
-def extract(backbone: nn.Module, data: DataBundle, size: int | None, batch_size: int, device: torch.device) -> Tensor:
+def extract(
+    backbone: nn.Module, data: DataBundle, size: int | None, batch_size: int, device: torch.device
+) -> Tensor:
     """Features of every source-training image (train and validation rows), by source index."""
     splits = [data.train] + ([data.val] if data.val is not None else [])
     n_rows = len(data.noisy)
@@ -74,7 +82,9 @@ def extract(backbone: nn.Module, data: DataBundle, size: int | None, batch_size:
                 if x.shape[1] == 1:
                     x = x.expand(-1, 3, -1, -1)
                 if size is not None and x.shape[-1] != size:
-                    x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+                    x = F.interpolate(
+                        x, size=(size, size), mode="bilinear", align_corners=False, antialias=True
+                    )
                 feats = backbone((x - mean) / std).float()
                 if out is None:
                     out = torch.zeros(n_rows, feats.shape[1], device=device)
@@ -106,11 +116,15 @@ class FeatureStore:
         download: bool = False,
         batch_size: int = 128,
     ) -> FeatureStore:
-        path = Path(cache_dir) / "features" / f"{cache_key(dataset_cfg, backbone, weights, size)}.pt"
+        path = (
+            Path(cache_dir) / "features" / f"{cache_key(dataset_cfg, backbone, weights, size)}.pt"
+        )
         if path.exists():
             log.info("pretrained features: loaded from cache %s", path)
             return cls(torch.load(path, map_location=device, weights_only=True))
-        log.info("pretrained features: extracting with %s (%s), caching to %s", backbone, weights, path)
+        log.info(
+            "pretrained features: extracting with %s (%s), caching to %s", backbone, weights, path
+        )
         net = build_backbone(backbone, weights, download)
         features = extract(net, data, size, batch_size, device)
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -14,7 +14,9 @@ UNSEEN = -1
 
 class ForgettingTracker:
     def __init__(self, size: int, device: torch.device | str = "cpu"):
-        self.last = torch.full((size,), UNSEEN, dtype=torch.int8, device=device)  # -1 unseen, 0/1 correct
+        self.last = torch.full(
+            (size,), UNSEEN, dtype=torch.int8, device=device
+        )  # -1 unseen, 0/1 correct
         self.events = torch.zeros(size, dtype=torch.int32, device=device)
         self.learned = torch.zeros(size, dtype=torch.bool, device=device)
         self.presented = torch.zeros(size, dtype=torch.int32, device=device)
@@ -31,7 +33,11 @@ class ForgettingTracker:
 
     def summary(self, indices: Tensor) -> dict[str, float]:
         """Numbers over the given (training) indices."""
-        events, learned, seen = self.events[indices], self.learned[indices], self.presented[indices] > 0
+        events, learned, seen = (
+            self.events[indices],
+            self.learned[indices],
+            self.presented[indices] > 0,
+        )
         n = max(int(seen.sum()), 1)
         return {
             "forget/events_total": int(events.sum()),

@@ -44,7 +44,11 @@ def ratios(metrics: dict[str, float]) -> dict[str, float]:
 
 @torch.inference_mode()
 def per_sample_outputs(
-    model: nn.Module, split: Split, pipeline: BatchPipeline, batch_size: int, positions: Tensor | None = None
+    model: nn.Module,
+    split: Split,
+    pipeline: BatchPipeline,
+    batch_size: int,
+    positions: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """(losses, predictions, logits) of every sample in eval mode, without augmentation."""
     was_training = model.training
@@ -52,7 +56,11 @@ def per_sample_outputs(
     n = len(split) if positions is None else len(positions)
     losses, preds, logits_all = [], [], []
     for start in range(0, n, batch_size):
-        pos = slice(start, start + batch_size) if positions is None else positions[start : start + batch_size]
+        pos = (
+            slice(start, start + batch_size)
+            if positions is None
+            else positions[start : start + batch_size]
+        )
         x = pipeline(split.images[pos], train=False)
         y = split.targets[pos]
         logits = model(x).float()
@@ -64,7 +72,12 @@ def per_sample_outputs(
 
 
 def evaluate_split(
-    model: nn.Module, split: Split, pipeline: BatchPipeline, prefix: str, batch_size: int, positions: Tensor | None = None
+    model: nn.Module,
+    split: Split,
+    pipeline: BatchPipeline,
+    prefix: str,
+    batch_size: int,
+    positions: Tensor | None = None,
 ) -> dict[str, float]:
     losses, preds, _ = per_sample_outputs(model, split, pipeline, batch_size, positions)
     targets = split.targets if positions is None else split.targets[positions]
@@ -97,7 +110,9 @@ class Timers:
         return out
 
 
-def summarize(history: list[dict[str, float]], target_acc: float | None) -> dict[str, float | int | None]:
+def summarize(
+    history: list[dict[str, float]], target_acc: float | None
+) -> dict[str, float | int | None]:
     """End-of-run numbers: final and best test accuracy, and when the target was first reached
     (in training seconds = train + select, wall seconds, back-propagated samples, epochs)."""
     last = history[-1]

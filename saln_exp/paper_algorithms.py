@@ -20,7 +20,7 @@ def saln_algorithm1(current_batch_data: torch.Tensor, filter_ratio: float = 0.8)
     similarity_matrix = cosine_similarity(batch_data_flat)
     degree_matrix = np.diag(similarity_matrix.sum(axis=1))
     laplacian_matrix = degree_matrix - similarity_matrix
-    eigenvalues, eigenvectors = np.linalg.eigh(laplacian_matrix)
+    eigenvalues, eigenvectors = np.linalg.eigh(laplacian_matrix)  # noqa: RUF059 (as printed)
     fiedler_vector = eigenvectors[:, 1]
     informative_indices = np.argsort(np.abs(fiedler_vector))[-n_draws:]
     return informative_indices

@@ -14,11 +14,11 @@ import hashlib
 import json
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
@@ -26,8 +26,10 @@ from saln_exp.data.base import DataBundle, Split
 from saln_exp.errors import ConfigError
 from saln_exp.metrics import per_sample_outputs
 from saln_exp.models import build_model
-from saln_exp.selectors.base import Batch, RunContext
 from saln_exp.optim import build_optimizer
+
+if TYPE_CHECKING:  # the selectors package imports this module: no runtime import back
+    from saln_exp.selectors.base import Batch, RunContext
 
 log = logging.getLogger(__name__)
 
@@ -39,13 +41,16 @@ def reference_settings(ctx: RunContext, options: dict[str, Any]) -> dict[str, An
     if split == "auto":
         split = "val" if ctx.data.val is not None else "train"
     if split == "val" and ctx.data.val is None:
-        raise ConfigError("selector.reference.split=val needs a validation split; set dataset.val_fraction > 0")
+        raise ConfigError(
+            "selector.reference.split=val needs a validation split; set dataset.val_fraction > 0"
+        )
     if split not in ("val", "train"):
         raise ConfigError(f"selector.reference.split must be auto, val or train, got {split!r}")
     return {
         "split": split,
         "model": options.get("model") or OmegaConf.to_container(cfg.model, resolve=True),
-        "optimizer": options.get("optimizer") or OmegaConf.to_container(cfg.optimizer, resolve=True),
+        "optimizer": options.get("optimizer")
+        or OmegaConf.to_container(cfg.optimizer, resolve=True),
         "epochs": int(options.get("epochs", 10)),
         "batch_size": int(options.get("batch_size") or cfg.dataset.batch_size),
         "seed": int(cfg.seed),
@@ -55,21 +60,29 @@ def reference_settings(ctx: RunContext, options: dict[str, Any]) -> dict[str, An
 
 def settings_hash(settings: dict[str, Any]) -> str:
     fingerprint = {k: v for k, v in settings.items()}
-    fingerprint["dataset"] = {k: v for k, v in settings["dataset"].items() if k not in ("batch_size", "download")}
+    fingerprint["dataset"] = {
+        k: v for k, v in settings["dataset"].items() if k not in ("batch_size", "download")
+    }
     return hashlib.sha1(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def fit_reference(model: nn.Module, split: Split, data: DataBundle, settings: dict[str, Any], device: torch.device) -> None:
+def fit_reference(
+    model: nn.Module, split: Split, data: DataBundle, settings: dict[str, Any], device: torch.device
+) -> None:
     """Plain mini-batch SGD on the held-out split (no selection, no evaluation)."""
     optimizer = build_optimizer(OmegaConf.create(settings["optimizer"]), model.parameters())
     g = torch.Generator().manual_seed(settings["seed"] + 31)
     bs = settings["batch_size"]
     model.train()
-    for epoch in tqdm(range(settings["epochs"]), desc=f"reference model on {settings['split']}", leave=False):
+    for epoch in tqdm(
+        range(settings["epochs"]), desc=f"reference model on {settings['split']}", leave=False
+    ):
         order = torch.randperm(len(split), generator=g).to(device)
         for start in range(0, len(split), bs):
             pos = order[start : start + bs]
-            loss = F.cross_entropy(model(data.pipeline(split.images[pos], train=True)), split.targets[pos])
+            loss = F.cross_entropy(
+                model(data.pipeline(split.images[pos], train=True)), split.targets[pos]
+            )
             if not torch.isfinite(loss):
                 raise ConfigError(
                     f"the reference model diverged (loss {loss.item()}) in epoch {epoch + 1}; "
@@ -108,7 +121,9 @@ class ReferenceLosses:
         if ctx.data.augmented:
             return cls(model, None, None, ctx.autocast)
         train = ctx.data.train
-        losses, _, _ = per_sample_outputs(model, train, ctx.data.pipeline, int(ctx.cfg.eval.batch_size))
+        losses, _, _ = per_sample_outputs(
+            model, train, ctx.data.pipeline, int(ctx.cfg.eval.batch_size)
+        )
         by_index = torch.zeros(len(ctx.data.noisy), device=ctx.device)
         targets = torch.full((len(ctx.data.noisy),), -1, dtype=torch.long, device=ctx.device)
         by_index[train.indices] = losses
@@ -118,12 +133,16 @@ class ReferenceLosses:
     @staticmethod
     def load_or_train(ctx: RunContext, options: dict[str, Any]) -> nn.Module:
         settings = reference_settings(ctx, options)
-        model = build_model(OmegaConf.create(settings["model"]), ctx.data.in_shape, ctx.data.num_classes).to(ctx.device)
+        model = build_model(
+            OmegaConf.create(settings["model"]), ctx.data.in_shape, ctx.data.num_classes
+        ).to(ctx.device)
         checkpoint = options.get("checkpoint")
         if checkpoint:
             if not Path(checkpoint).exists():
                 raise ConfigError(f"selector.reference.checkpoint not found: {checkpoint}")
-            model.load_state_dict(torch.load(checkpoint, map_location=ctx.device, weights_only=True))
+            model.load_state_dict(
+                torch.load(checkpoint, map_location=ctx.device, weights_only=True)
+            )
             return model.eval()
         path = Path(ctx.cache_dir) / "reference" / f"{settings_hash(settings)}.pt"
         if path.exists():
@@ -143,5 +162,10 @@ class ReferenceLosses:
         tmp = path.with_suffix(".tmp")
         torch.save(model.state_dict(), tmp)
         tmp.replace(path)
-        log.info("reference model: trained %d epochs on %s, cached at %s", settings["epochs"], settings["split"], path)
+        log.info(
+            "reference model: trained %d epochs on %s, cached at %s",
+            settings["epochs"],
+            settings["split"],
+            path,
+        )
         return model

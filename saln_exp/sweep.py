@@ -99,10 +99,24 @@ class SweepStatus(Callback):
         failed = [j for j in jobs if j["status"] != "completed"]
         for job in jobs:
             mark = "ok  " if job["status"] == "completed" else "FAIL"
-            detail = f"{job.get('metric')}={job.get('value'):.4f}" if job.get("value") is not None else (job["error"] or job["status"])
-            print(f"  {mark} {job['dir']:>4}  {' '.join(job['overrides'])}  {detail}", file=sys.stderr)
-        print(f"sweep: {len(jobs) - len(failed)}/{len(jobs)} jobs completed; {sweep_dir / 'sweep.json'}", file=sys.stderr)
+            detail = (
+                f"{job.get('metric')}={job.get('value'):.4f}"
+                if job.get("value") is not None
+                else (job["error"] or job["status"])
+            )
+            print(
+                f"  {mark} {job['dir']:>4}  {' '.join(job['overrides'])}  {detail}", file=sys.stderr
+            )
+        print(
+            f"sweep: {len(jobs) - len(failed)}/{len(jobs)} jobs completed; {sweep_dir / 'sweep.json'}",
+            file=sys.stderr,
+        )
         if failed:
-            print(f"error: {len(failed)} job(s) failed: " + "; ".join(
-                f"#{j['dir']} ({' '.join(j['overrides'])}): {j['error']}" for j in failed), file=sys.stderr)
+            print(
+                f"error: {len(failed)} job(s) failed: "
+                + "; ".join(
+                    f"#{j['dir']} ({' '.join(j['overrides'])}): {j['error']}" for j in failed
+                ),
+                file=sys.stderr,
+            )
             sys.exit(1)

@@ -48,11 +48,19 @@ def write_json(path: Path, payload: dict) -> None:
 def git_commit() -> str | None:
     try:
         sha = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=10, check=True
+            ["git", "rev-parse", "HEAD"],
+            cwd=PROJECT_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
         ).stdout.strip()
         dirty = subprocess.run(
             ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=10,
+            cwd=PROJECT_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=10,
         ).stdout.strip()
         return sha + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
@@ -86,7 +94,11 @@ class RunFiles:
         write_json(self.summary_path, summary)
 
     def write_status(self, status: str, **extra: Any) -> None:
+        """Status with what was there before (overrides, start time) carried over."""
+        previous = json.loads(self.status_path.read_text()) if self.status_path.exists() else {}
         payload = {
+            "overrides": previous.get("overrides", []),
+            "started": previous.get("started", time.strftime("%Y-%m-%dT%H:%M:%S")),
             "status": status,
             "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
             "host": socket.gethostname(),
@@ -121,7 +133,9 @@ class WandbRun:
         self.run = run
 
     @classmethod
-    def start(cls, cfg: DictConfig, run_dir: Path, run_id: str, name: str, group: str | None) -> WandbRun | None:
+    def start(
+        cls, cfg: DictConfig, run_dir: Path, run_id: str, name: str, group: str | None
+    ) -> WandbRun | None:
         mode = wandb_mode(str(cfg.logger.get("mode", "auto")))
         if mode == "disabled":
             return None
@@ -148,7 +162,12 @@ class WandbRun:
             run.define_metric("test/acc", summary="max")
             return cls(run)
         except Exception as err:  # W&B must never take the run down
-            log.warning("W&B disabled for this run (%s: %s); metrics stay in %s", type(err).__name__, err, run_dir)
+            log.warning(
+                "W&B disabled for this run (%s: %s); metrics stay in %s",
+                type(err).__name__,
+                err,
+                run_dir,
+            )
             return None
 
     def _guard(self, what: str, fn, *args, **kwargs) -> None:
@@ -177,7 +196,9 @@ class WandbRun:
     def finish(self, failed: bool = False) -> None:
         if self.run is None:
             return
-        offline = self.run.settings.mode == "offline" if hasattr(self.run.settings, "mode") else False
+        offline = (
+            self.run.settings.mode == "offline" if hasattr(self.run.settings, "mode") else False
+        )
         sync_dir = Path(self.run.settings.sync_file).parent if offline else None
         self._guard("finish", lambda: self.run.finish(exit_code=1 if failed else 0))
         if sync_dir is not None:

@@ -63,11 +63,12 @@ def apply_smoke(cfg: DictConfig) -> None:
 
     with open_dict(cfg):
         like = cfg.dataset.name if cfg.dataset.name in SHAPES else None
-        cfg.dataset.merge_with(
-            {"name": "synthetic", "like": like, "n_train": 96, "n_test": 48, "noise": 1.0,
-             "channels": 1, "image_size": 8, "num_classes": 10, "download": False,
-             "batch_size": min(int(cfg.dataset.batch_size), 32)}  # fmt: skip
-        )
+        stand_in = {
+            "name": "synthetic", "like": like, "n_train": 96, "n_test": 48, "noise": 1.0,
+            "channels": 1, "image_size": 8, "num_classes": 10, "download": False,
+            "batch_size": min(int(cfg.dataset.batch_size), 32),
+        }  # fmt: skip
+        cfg.dataset.merge_with(stand_in)
         if cfg.selector.get("candidate_batch_size"):
             cfg.selector.candidate_batch_size = min(int(cfg.selector.candidate_batch_size), 32)
         cfg.trainer.epochs = min(int(cfg.trainer.epochs), 2)
@@ -75,7 +76,9 @@ def apply_smoke(cfg: DictConfig) -> None:
         if "reference" in cfg.selector:
             cfg.selector.reference.epochs = 1
         if cfg.model.get("pretrained"):
-            cfg.model.pretrained = False  # no weights offline; the architecture is what is smoke-tested
+            cfg.model.pretrained = (
+                False  # no weights offline; the architecture is what is smoke-tested
+            )
         if cfg.selector.get("features") == "pretrained":
             cfg.selector.backbone_weights = None
 

@@ -64,7 +64,9 @@ class EpochStats:
             "select/kept_frac": self.kept / max(self.seen, 1),
             "select/fallbacks": self.fallbacks,
             "select/overflow": overflow,
-            "select/raw_batches_per_step": self.candidate_batches / self.steps if self.steps else float("nan"),
+            "select/raw_batches_per_step": self.candidate_batches / self.steps
+            if self.steps
+            else float("nan"),
             "select/candidate_batches": self.candidate_batches,
             "train_batch/loss": self.loss_sum / max(self.backprop, 1),
             "train_batch/acc": self.correct / max(self.backprop, 1),
@@ -87,7 +89,9 @@ class Progress:
     seen: int = 0
     backprop: int = 0
     overflow_at_epoch_start: int = 0
-    seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys((*TIME_PHASES, "wall"), 0.0))
+    seconds: dict[str, float] = field(
+        default_factory=lambda: dict.fromkeys((*TIME_PHASES, "wall"), 0.0)
+    )
     history: list[dict[str, Any]] = field(default_factory=list)
     epoch_stats: EpochStats = field(default_factory=EpochStats)
 
@@ -189,9 +193,16 @@ class Trainer:
             self.candidate_batch(p.order[start : start + self.candidate_batch_size].to(self.device))
             p.cursor += 1
             bar.update(1)
-            if p.cursor % int(self.cfg.trainer.get("log_every_steps", 10)) == 0 or p.cursor == n_batches:
+            if (
+                p.cursor % int(self.cfg.trainer.get("log_every_steps", 10)) == 0
+                or p.cursor == n_batches
+            ):
                 bar.set_postfix(self._live_numbers(), refresh=False)
-            if every and p.steps // int(every) > steps_before // int(every) and p.cursor < n_batches:
+            if (
+                every
+                and p.steps // int(every) > steps_before // int(every)
+                and p.cursor < n_batches
+            ):
                 self.save_checkpoint()
         bar.close()
         p.order = None
@@ -211,7 +222,9 @@ class Trainer:
             view = BatchView(batch, self.model, self.sources, self.autocast)
             selection = self.selector.select(batch, view)
         self.record_selection(batch, view, selection)
-        if self.progress.epoch == 0 and self.progress.cursor == int(self.cfg.trainer.get("example_batch", 0)):
+        if self.progress.epoch == 0 and self.progress.cursor == int(
+            self.cfg.trainer.get("example_batch", 0)
+        ):
             self.save_selection_example(batch, selection)
         kept = batch if len(selection.positions) == len(batch) else batch.take(selection.positions)
         stats.seen += len(batch)
@@ -229,14 +242,20 @@ class Trainer:
         values = dict(selection.diagnostics)
         with self.timers("diag"):
             if len(self.data.noisy) and self.cfg.dataset.label_noise.rate > 0:
-                values["noisy_kept_frac"] = self.data.noisy[batch.index[selection.positions]].float().mean().item()
+                values["noisy_kept_frac"] = (
+                    self.data.noisy[batch.index[selection.positions]].float().mean().item()
+                )
                 values["noisy_batch_frac"] = self.data.noisy[batch.index].float().mean().item()
-            if self.loss_diagnostics and (view.has("losses") or len(selection.positions) < len(batch)):
+            if self.loss_diagnostics and (
+                view.has("losses") or len(selection.positions) < len(batch)
+            ):
                 losses = view.losses
                 dropped = torch.ones(len(batch), dtype=torch.bool, device=losses.device)
                 dropped[selection.positions] = False
                 values["loss_kept"] = losses[~dropped].mean().item()
-                values["loss_dropped"] = losses[dropped].mean().item() if dropped.any() else float("nan")
+                values["loss_dropped"] = (
+                    losses[dropped].mean().item() if dropped.any() else float("nan")
+                )
         stats.add_diagnostics(values)
 
     def save_selection_example(self, batch: Batch, selection: Selection, limit: int = 64) -> None:
@@ -316,7 +335,9 @@ class Trainer:
             self.scheduler.step()
         with self.timers("eval"):
             metrics = self.evaluate()
-        overflow = (self.accumulator.overflow - p.overflow_at_epoch_start) if self.accumulator else 0
+        overflow = (
+            (self.accumulator.overflow - p.overflow_at_epoch_start) if self.accumulator else 0
+        )
         metrics.update(p.epoch_stats.as_metrics(overflow))
         p.epoch += 1
         for phase, seconds in self.timers.reset().items():
@@ -352,7 +373,9 @@ class Trainer:
         """ASSIST's metrics over the FULL train (or its fixed subset), val and test splits."""
         bs = int(self.cfg.eval.batch_size)
         pipe = self.data.pipeline
-        metrics = evaluate_split(self.model, self.data.train, pipe, "train", bs, self.train_eval_positions)
+        metrics = evaluate_split(
+            self.model, self.data.train, pipe, "train", bs, self.train_eval_positions
+        )
         if self.data.val is not None:
             metrics.update(evaluate_split(self.model, self.data.val, pipe, "val", bs))
         metrics.update(evaluate_split(self.model, self.data.test, pipe, "test", bs))
@@ -364,7 +387,9 @@ class Trainer:
         if size is None or int(size) >= len(self.data.train):
             return None
         g = torch.Generator().manual_seed(int(self.cfg.dataset.split_seed) + 17)
-        return torch.sort(torch.randperm(len(self.data.train), generator=g)[: int(size)]).values.to(self.device)
+        return torch.sort(torch.randperm(len(self.data.train), generator=g)[: int(size)]).values.to(
+            self.device
+        )
 
     # -- checkpoint / resume -----------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

@@ -43,7 +43,9 @@ def make_cfg(tmp_path):
     return lambda *overrides: compose_cfg(tmp_path, *overrides)
 
 
-def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+def run_cli(
+    *args: str, cwd: Path | None = None, env: dict | None = None, timeout: int = 600
+) -> subprocess.CompletedProcess:
     """`saln-train ...` in a subprocess, the way a user runs it."""
     full_env = {**os.environ, "WANDB_MODE": "disabled", **(env or {})}
     return subprocess.run(

@@ -11,7 +11,15 @@ from conftest import run_cli
 def test_help_lists_the_config_groups_and_examples():
     out = run_cli("--help")
     assert out.returncode == 0
-    for group in ("dataset:", "model:", "selector:", "optimizer:", "scheduler:", "logger:", "prune:"):
+    for group in (
+        "dataset:",
+        "model:",
+        "selector:",
+        "optimizer:",
+        "scheduler:",
+        "logger:",
+        "prune:",
+    ):
         assert group in out.stdout
     for choice in ("digits", "cifar10", "saln", "jest", "accuracy_epoch", "resnet18_imagenet"):
         assert choice in out.stdout

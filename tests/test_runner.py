@@ -33,7 +33,9 @@ def quick(make_cfg):
     """A 2-epoch run on digits with an 8x8 fcnet: a second or two."""
 
     def _run(*overrides):
-        cfg = make_cfg("model=fcnet", "model.hidden=64", "dataset.image_size=8", "trainer.epochs=2", *overrides)
+        cfg = make_cfg(
+            "model=fcnet", "model.hidden=64", "dataset.image_size=8", "trainer.epochs=2", *overrides
+        )
         value = run(cfg)
         return cfg, value
 
@@ -41,7 +43,7 @@ def quick(make_cfg):
 
 
 def test_run_writes_every_file_and_returns_the_metric(quick, tmp_path):
-    cfg, value = quick("dataset.val_fraction=0.2")
+    _, value = quick("dataset.val_fraction=0.2")
     run_dir = tmp_path / "run"
     for name in ("config.yaml", "metrics.jsonl", "summary.json", "status.json", "checkpoint.pt"):
         assert (run_dir / name).exists(), name
@@ -103,12 +105,20 @@ def test_logged_test_metrics_match_a_numpy_evaluation_of_the_saved_model(quick, 
     assert last["test/loss_mean"] == pytest.approx(ce.mean(), rel=1e-5)
     assert last["test/loss_worst"] == pytest.approx(ce.max(), rel=1e-5)
     assert last["test/loss_q90"] == pytest.approx(np.quantile(ce, 0.9), rel=1e-5)
-    assert last["ratio/loss_mean"] == pytest.approx(last["test/loss_mean"] / last["train/loss_mean"])
+    assert last["ratio/loss_mean"] == pytest.approx(
+        last["test/loss_mean"] / last["train/loss_mean"]
+    )
 
 
 def test_same_seed_same_metrics_other_seed_other_metrics(make_cfg, tmp_path):
     def metrics(seed, name):
-        cfg = make_cfg("model=fcnet", "model.hidden=64", "dataset.image_size=8", "trainer.epochs=2", f"seed={seed}")
+        cfg = make_cfg(
+            "model=fcnet",
+            "model.hidden=64",
+            "dataset.image_size=8",
+            "trainer.epochs=2",
+            f"seed={seed}",
+        )
         cfg.paths.output_dir = str(tmp_path / name)
         run(cfg)
         return without_time(read_metrics(tmp_path / name))

@@ -60,7 +60,9 @@ def test_wandb_init_failure_does_not_fail_the_run(make_cfg, tmp_path, monkeypatc
     assert any("W&B disabled" in r.getMessage() for r in caplog.records)
 
 
-def test_wandb_logging_failure_mid_run_does_not_fail_the_run(make_cfg, tmp_path, monkeypatch, caplog):
+def test_wandb_logging_failure_mid_run_does_not_fail_the_run(
+    make_cfg, tmp_path, monkeypatch, caplog
+):
     real_init = wandb.init
 
     def init_with_broken_log(*args, **kwargs):

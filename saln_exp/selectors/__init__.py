@@ -45,9 +45,20 @@ SELECTORS: dict[str, type[Selector]] = {
 # Options the trainer reads (how selections become optimizer steps); the rest go to the selector.
 TRAINER_KEYS = ("name", "accumulate", "candidate_batch_size", "loss_diagnostics")
 
-__all__ = ["SELECTORS", "Batch", "BatchView", "RunContext", "Selection", "Selector", "ViewSources", "build_selector"]
+__all__ = [
+    "SELECTORS",
+    "Batch",
+    "BatchView",
+    "RunContext",
+    "Selection",
+    "Selector",
+    "ViewSources",
+    "build_selector",
+]
 
 
 def build_selector(cfg: DictConfig, seed: int) -> Selector:
-    options = {k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items() if k not in TRAINER_KEYS}
+    options = {
+        k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items() if k not in TRAINER_KEYS
+    }
     return SELECTORS[cfg.name](seed=seed, **options)

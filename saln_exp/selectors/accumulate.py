@@ -44,6 +44,8 @@ class Accumulator:
         }
 
     def load_state_dict(self, state: dict, device: torch.device) -> None:
-        self.pending = [Batch(i.to(device), x.to(device), y.to(device)) for i, x, y in state["pending"]]
+        self.pending = [
+            Batch(i.to(device), x.to(device), y.to(device)) for i, x, y in state["pending"]
+        ]
         self.count = sum(len(b) for b in self.pending)
         self.overflow = int(state["overflow"])

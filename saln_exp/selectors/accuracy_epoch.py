@@ -24,7 +24,9 @@ class EpochAccuracyFilter(Selector):
 
     def epoch_positions(self, ctx: RunContext) -> Tensor:
         train = ctx.data.train
-        _, predictions, _ = per_sample_outputs(ctx.model, train, ctx.data.pipeline, int(ctx.cfg.eval.batch_size))
+        _, predictions, _ = per_sample_outputs(
+            ctx.model, train, ctx.data.pipeline, int(ctx.cfg.eval.batch_size)
+        )
         wrong = torch.nonzero(predictions != train.targets).flatten()
         self.epoch_kept_frac = len(wrong) / len(train)
         if len(wrong) < self.min_keep:  # nothing left to learn from: fall back to the whole set

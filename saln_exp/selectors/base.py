@@ -102,7 +102,9 @@ class BatchView:
     @property
     def losses(self) -> Tensor:
         """Per-sample cross-entropy of the learner."""
-        return self._once("losses", lambda: F.cross_entropy(self.logits, self.batch.y, reduction="none"))
+        return self._once(
+            "losses", lambda: F.cross_entropy(self.logits, self.batch.y, reduction="none")
+        )
 
     @property
     def predictions(self) -> Tensor:
@@ -122,7 +124,9 @@ class BatchView:
         if source == "pretrained":
             lookup = self.sources.pretrained_features
             if lookup is None:
-                raise RuntimeError("pretrained features requested but the selector did not prepare them")
+                raise RuntimeError(
+                    "pretrained features requested but the selector did not prepare them"
+                )
             return self._once("pretrained", lambda: lookup(self.batch.index))
         raise ConfigError(f"features must be one of {FEATURE_SOURCES}, got {source!r}")
 
@@ -185,9 +189,9 @@ class Selector:
 
     # -- shared helpers -------------------------------------------------------------------------
     def keep_count(self, n: int) -> int:
-        """int(n * (1 - f)), at least 1. The epsilon makes 100 * (1 - 0.8) keep 20, not the 19
-        plain float arithmetic gives; elsewhere it equals SALN's and JEST's `int(...)`."""
-        return max(1, int(n * (1.0 - self.filter_ratio) + 1e-9))
+        """`int(n * (1 - f))`, at least 1: SALN's and JEST's code, float arithmetic included
+        (so 100 * (1 - 0.8) = 19.999... keeps 19, exactly as the papers' selections did)."""
+        return max(1, int(n * (1.0 - self.filter_ratio)))
 
     def uniform(self, n: int, k: int) -> Tensor:
         return torch.randperm(n, generator=self.generator)[:k]

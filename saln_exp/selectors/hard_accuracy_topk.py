@@ -14,4 +14,6 @@ class HardAccuracyTopK(Selector):
     def choose(self, batch: Batch, view: BatchView):
         wrong = torch.nonzero(view.predictions != batch.y).flatten()
         k = min(self.keep_count(len(batch)), len(wrong))
-        return wrong[torch.topk(view.losses[wrong], k).indices], {"error_frac": len(wrong) / len(batch)}
+        return wrong[torch.topk(view.losses[wrong], k).indices], {
+            "error_frac": len(wrong) / len(batch)
+        }

@@ -50,7 +50,9 @@ def joint_sample(scores: Tensor, k: int, n_chunks: int, generator: torch.Generat
 class JEST(Selector):
     name = "jest"
 
-    def __init__(self, filter_ratio: float = 0.8, n_chunks: int = 16, reference: dict | None = None, **common):
+    def __init__(
+        self, filter_ratio: float = 0.8, n_chunks: int = 16, reference: dict | None = None, **common
+    ):
         super().__init__(filter_ratio=filter_ratio, **common)
         if int(n_chunks) < 1:
             raise ConfigError(f"selector.n_chunks must be at least 1, got {n_chunks}")

@@ -22,4 +22,7 @@ class RhoLoss(Selector):
     def choose(self, batch: Batch, view: BatchView):
         reducible = view.losses - view.reference_losses
         keep = torch.topk(reducible, self.keep_count(len(batch))).indices
-        return keep, {"reducible_kept": reducible[keep].mean().item(), "reducible_mean": reducible.mean().item()}
+        return keep, {
+            "reducible_kept": reducible[keep].mean().item(),
+            "reducible_mean": reducible.mean().item(),
+        }

@@ -26,7 +26,14 @@ from torch import Tensor
 
 from saln_exp.errors import ConfigError
 from saln_exp.features import FeatureStore
-from saln_exp.selectors.base import FEATURE_SOURCES, Batch, BatchView, RunContext, Selector, ViewSources
+from saln_exp.selectors.base import (
+    FEATURE_SOURCES,
+    Batch,
+    BatchView,
+    RunContext,
+    Selector,
+    ViewSources,
+)
 
 log = logging.getLogger(__name__)
 
@@ -50,11 +57,18 @@ def dense_laplacian(unit: Tensor, similarity: str) -> Tensor:
     return torch.diag(s.sum(dim=1)) - s
 
 
-def smallest_eigenpairs(unit: Tensor, similarity: str, solver: str, k: int = 3) -> tuple[Tensor, Tensor]:
+def smallest_eigenpairs(
+    unit: Tensor, similarity: str, solver: str, k: int = 3
+) -> tuple[Tensor, Tensor]:
     """The k smallest eigenvalues (ascending) and eigenvectors (columns) of the batch Laplacian."""
     n = unit.shape[0]
     k = min(k, n)
-    if solver == "eigh" or n < DENSE_BELOW or n <= k + 1:
+    # A zero feature row is an isolated vertex: its unit vector is an exact null vector, so 0 is
+    # a repeated eigenvalue, which a Krylov method cannot resolve (it finds one vector per
+    # eigenvalue). The dense solver returns a proper basis; lambda2 = 0 then shows the graph is
+    # disconnected and the Fiedler vector ambiguous.
+    has_zero_row = bool((unit.abs().sum(dim=1) == 0).any())
+    if solver == "eigh" or n < DENSE_BELOW or n <= k + 1 or has_zero_row:
         values, vectors = torch.linalg.eigh(dense_laplacian(unit.double(), similarity))
         return values[:k], vectors[:, :k]
     try:
@@ -109,7 +123,9 @@ class SALN(Selector):
             ("solver", solver, SOLVERS),
         ):
             if value not in allowed:
-                raise ConfigError(f"selector.{key} must be one of {allowed} for selector=saln, got {value!r}")
+                raise ConfigError(
+                    f"selector.{key} must be one of {allowed} for selector=saln, got {value!r}"
+                )
         self.feature_source = features
         self.similarity = similarity
         self.solver = solver

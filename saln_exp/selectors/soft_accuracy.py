@@ -27,4 +27,7 @@ class SoftAccuracyFilter(Selector):
         k = min(self.keep_count(len(batch)), len(wrong_pos))
         hardest = wrong_pos[torch.topk(view.losses[wrong_pos], k).indices]
         keep = torch.cat([hardest, torch.nonzero(marginal).flatten()])
-        return keep, {"error_frac": wrong.float().mean().item(), "marginal_frac": marginal.float().mean().item()}
+        return keep, {
+            "error_frac": wrong.float().mean().item(),
+            "marginal_frac": marginal.float().mean().item(),
+        }
