@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -86,12 +87,26 @@ def write_sweep_json(sweep_dir: Path, started: str | None = None) -> list[dict[s
     return jobs
 
 
+def point_latest_at(sweep_dir: Path) -> None:
+    """`<sweeps>/latest` -> the newest sweep, for `make report` and `make compare`. Only a
+    symlink (or nothing) named `latest` is replaced, never a real directory."""
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    latest = sweep_dir.parent / "latest"
+    if latest.exists() and not latest.is_symlink():
+        return
+    tmp = sweep_dir.parent / f".latest.{os.getpid()}"
+    tmp.unlink(missing_ok=True)
+    tmp.symlink_to(sweep_dir.name)
+    os.replace(tmp, latest)
+
+
 class SweepStatus(Callback):
     def __init__(self) -> None:
         self.started: str | None = None
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         self.started = time.strftime("%Y-%m-%dT%H:%M:%S")
+        point_latest_at(Path(config.hydra.sweep.dir))
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)

@@ -212,8 +212,9 @@ class Tracking:
         self.files = RunFiles(run_dir)
         self.files.write_config(cfg)
         self.wandb = None
+        self.run_id = self._run_id()
         if cfg.logger.get("name", "none") == "wandb":
-            self.wandb = WandbRun.start(cfg, self.files.dir, self._run_id(), name, group)
+            self.wandb = WandbRun.start(cfg, self.files.dir, self.run_id, name, group)
 
     def _run_id(self) -> str:
         """Stable per run directory, so a resumed run continues the same W&B run."""

@@ -22,6 +22,7 @@ import torch
 from omegaconf import DictConfig, open_dict
 
 from saln_exp import PROJECT_ROOT
+from saln_exp.checkpoint import Checkpoints
 from saln_exp.config import resolve_device, validate
 from saln_exp.data import build_data
 from saln_exp.errors import UserError
@@ -55,6 +56,15 @@ def seed_everything(cfg: DictConfig) -> int:
     return seed
 
 
+def adopt_checkpoint_seed(cfg: DictConfig, run_dir: Path) -> None:
+    """`seed: null` draws a seed; a resumed run must continue with the one drawn the first time."""
+    checkpoints = Checkpoints(run_dir)
+    if cfg.seed is None and checkpoints.exists():
+        saved = checkpoints.saved_config() or {}
+        with open_dict(cfg):
+            cfg.seed = saved.get("seed")
+
+
 def apply_smoke(cfg: DictConfig) -> None:
     """`smoke=true`: the same experiment on a synthetic stand-in of the same shape, a few steps."""
     if not cfg.get("smoke"):
@@ -86,6 +96,7 @@ def apply_smoke(cfg: DictConfig) -> None:
 def train(cfg: DictConfig, run_dir: Path) -> dict:
     """Build everything from the config and fit; return the run summary."""
     validate(cfg)
+    adopt_checkpoint_seed(cfg, run_dir)
     seed = seed_everything(cfg)
     device = resolve_device(cfg.device)
     selector = build_selector(cfg.selector, seed)  # option errors surface before data is read

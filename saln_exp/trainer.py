@@ -9,7 +9,6 @@ checkpointed atomically, so a killed run resumes to the same numbers it would ha
 from __future__ import annotations
 
 import logging
-import os
 import random
 import time
 from contextlib import nullcontext
@@ -25,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from saln_exp.checkpoint import Checkpoints, check_same_run
 from saln_exp.data.base import DataBundle
 from saln_exp.errors import NonFiniteLossError
 from saln_exp.forgetting import ForgettingTracker
@@ -36,7 +36,6 @@ from saln_exp.tracking import Tracking
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT = "checkpoint.pt"
 TIME_PHASES = ("train", "select", "eval", "diag")
 
 
@@ -137,6 +136,7 @@ class Trainer:
         self.timers = Timers(sync=device.type == "cuda")
         self.data_generator = torch.Generator().manual_seed(int(cfg.seed) + 1)
         self.progress = Progress()
+        self.checkpoints = Checkpoints(self.run_dir)
         self.ctx = RunContext(
             cfg=cfg,
             data=data,
@@ -411,25 +411,24 @@ class Trainer:
                 "data": self.data_generator.get_state(),
             },
             "config": OmegaConf.to_container(self.cfg, resolve=True),
+            "wandb_id": self.tracking.run_id if self.tracking is not None else None,
         }
 
     def save_checkpoint(self) -> None:
-        """Write to a temporary file, then rename: a kill mid-write leaves the previous checkpoint."""
         # fold the clocks in, so a resumed run continues them instead of restarting them
         for phase, seconds in self.timers.reset().items():
             self.progress.seconds[phase] = self.progress.seconds.get(phase, 0.0) + seconds
         self.progress.seconds["wall"] += time.perf_counter() - self._clock_start
         self._clock_start = time.perf_counter()
-        path = self.run_dir / CHECKPOINT
-        tmp = path.with_suffix(".pt.tmp")
-        torch.save(self.state_dict(), tmp)
-        os.replace(tmp, path)
+        self.checkpoints.save(self.state_dict())
 
     def maybe_resume(self) -> bool:
-        path = self.run_dir / CHECKPOINT
-        if not path.exists():
+        state = self.checkpoints.load()
+        if state is None:
             return False
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        check_same_run(
+            state["config"], OmegaConf.to_container(self.cfg, resolve=True), self.run_dir
+        )
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         if self.scheduler and state["scheduler"]:
@@ -454,5 +453,5 @@ class Trainer:
         where = f"epoch {self.progress.epoch}" + (
             f", batch {self.progress.cursor}" if self.progress.order is not None else ""
         )
-        log.info("resumed from %s (%s)", path, where)
+        log.info("resumed from %s (%s)", self.run_dir, where)
         return True

@@ -166,7 +166,7 @@ def test_diverging_loss_stops_with_a_clear_message_and_no_summary(quick, tmp_pat
         ("selector=saln selector.features=colour", "selector.features must be one of"),
         ("selector=saln selector.similarity=euclid", "selector.similarity must be one of"),
         ("selector=topq_loss selector.q=2", "selector.q must be"),
-        ("model=lenet dataset.image_size=8", "model=lenet needs inputs of at least 13x13"),
+        ("model=lenet dataset.image_size=8", "model=lenet needs inputs of at least 16x16"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_code_2(make_cfg, tmp_path, capsys, override, needle):

@@ -1,0 +1,97 @@
+"""Checkpoint files of a run directory: atomic writes, the last two kept, a damaged one skipped.
+
+`checkpoint.pt` is written to a temporary file and renamed over the old one (which becomes
+`checkpoint.prev.pt` first), so a job killed at any instant leaves at least one complete
+checkpoint. On load, a file that cannot be read is reported in one line and the previous one used.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from saln_exp.errors import ConfigError, UserError
+
+log = logging.getLogger(__name__)
+
+LATEST, PREVIOUS = "checkpoint.pt", "checkpoint.prev.pt"
+# keys that may differ between the run that wrote a checkpoint and the one resuming it
+RESUMABLE_CHANGES = (
+    "paths", "resume", "logger", "tags", "metric", "trainer.progress", "trainer.epochs",
+    "trainer.log_every_steps", "trainer.checkpoint", "trainer.checkpoint_every_steps", "eval.batch_size",
+)  # fmt: skip
+
+
+class Checkpoints:
+    def __init__(self, run_dir: str | Path):
+        self.dir = Path(run_dir)
+        self.latest, self.previous = self.dir / LATEST, self.dir / PREVIOUS
+
+    def exists(self) -> bool:
+        return self.latest.exists() or self.previous.exists()
+
+    def save(self, state: dict[str, Any]) -> None:
+        tmp = self.dir / (LATEST + ".tmp")
+        torch.save(state, tmp)
+        if self.latest.exists():
+            os.replace(self.latest, self.previous)
+        os.replace(tmp, self.latest)
+
+    def load(self) -> dict[str, Any] | None:
+        """The newest readable checkpoint, or None when there is none."""
+        failures = []
+        for path in (self.latest, self.previous):
+            if not path.exists():
+                continue
+            try:
+                state = torch.load(path, map_location="cpu", weights_only=False)
+                if not isinstance(state, dict) or "progress" not in state:
+                    raise ValueError("not a saln-exp checkpoint")
+            except Exception as err:  # truncated zip, bad pickle, wrong file
+                failures.append(f"{path.name}: {type(err).__name__}")
+                log.warning(
+                    "checkpoint %s is unreadable (%s: %s); trying the previous one",
+                    path,
+                    type(err).__name__,
+                    err,
+                )
+                continue
+            return state
+        if failures:
+            raise UserError(
+                f"no readable checkpoint in {self.dir} ({'; '.join(failures)}); delete them to start over"
+            )
+        return None
+
+    def saved_config(self) -> dict[str, Any] | None:
+        state = self.load()
+        return None if state is None else state.get("config")
+
+
+def differences(saved: dict[str, Any], current: dict[str, Any], prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ, ignoring the ones a resumed run may change."""
+    out = []
+    for key in sorted(set(saved) | set(current)):
+        dotted = f"{prefix}{key}"
+        if any(dotted == k or dotted.startswith(k + ".") for k in RESUMABLE_CHANGES):
+            continue
+        a, b = saved.get(key), current.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += differences(a, b, dotted + ".")
+        elif a != b:
+            out.append(dotted)
+    return out
+
+
+def check_same_run(saved: dict[str, Any], current: dict[str, Any], run_dir: Path) -> None:
+    changed = differences(saved, current)
+    if changed:
+        shown = ", ".join(changed[:5]) + (" ..." if len(changed) > 5 else "")
+        raise ConfigError(
+            f"{run_dir} holds a checkpoint of another configuration (differs in {shown}); "
+            "resume with the same settings, or choose a new hydra.run.dir"
+        )
