@@ -104,6 +104,7 @@ class RunFiles:
             "host": socket.gethostname(),
             "pid": os.getpid(),
             "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+            "slurm_restart_count": int(os.environ.get("SLURM_RESTART_COUNT", 0)),
             **extra,
         }
         write_json(self.status_path, payload)

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, open_dict
@@ -21,6 +22,19 @@ BIN = Path(sys.executable).parent
 # W&B must never reach the network from tests, whatever the developer's environment says.
 os.environ.pop("WANDB_API_KEY", None)
 os.environ["WANDB_SILENT"] = "true"
+
+
+# In-process runs share two cores with whatever else runs; one thread avoids oversubscription
+# (small ops get many times slower when two busy threads fight over contended cores).
+torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True)
+def restore_torch_determinism():
+    """`run()` turns on deterministic algorithms process-wide; give every test a clean slate."""
+    before = torch.are_deterministic_algorithms_enabled()
+    yield
+    torch.use_deterministic_algorithms(before)
 
 
 def compose_cfg(tmp_path: Path, *overrides: str) -> DictConfig:

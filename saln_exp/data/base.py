@@ -6,6 +6,7 @@ label noise, moving to the device, batch augmentation) happens here, once, for a
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -14,6 +15,7 @@ from sklearn.model_selection import train_test_split
 from torch import Tensor, nn
 
 from saln_exp.data.noise import corrupt_labels
+from saln_exp.errors import ConfigError
 
 
 @dataclass
@@ -149,11 +151,20 @@ def assemble(
 
 
 def _stratified_split(targets: np.ndarray, fraction: float, seed: int):
-    """Seeded, class-stratified split; falls back to a plain split when a class is too rare."""
+    """Seeded, class-stratified split; falls back to a plain seeded split when stratifying is
+    impossible (a class with one sample, or fewer validation / training samples than classes)."""
     idx = np.arange(len(targets))
+    n_val = math.ceil(fraction * len(targets))  # scikit-learn's rounding of a float test_size
+    n_train = len(targets) - n_val
+    if n_train < 1:
+        raise ConfigError(
+            f"dataset.val_fraction={fraction} leaves no training samples out of {len(targets)}; "
+            "lower dataset.val_fraction"
+        )
     counts = np.bincount(targets)
-    stratify = targets if counts[counts > 0].min() >= 2 else None
+    present = counts[counts > 0]
+    can_stratify = present.min() >= 2 and min(n_val, n_train) >= len(present)
     train_pos, val_pos = train_test_split(
-        idx, test_size=fraction, random_state=seed, stratify=stratify
+        idx, test_size=n_val, random_state=seed, stratify=targets if can_stratify else None
     )
     return np.sort(train_pos), np.sort(val_pos)

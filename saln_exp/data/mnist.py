@@ -8,11 +8,17 @@ from torchvision.datasets import MNIST
 
 from saln_exp.data.base import SourceData
 from saln_exp.data.fetch import open_torchvision
+from saln_exp.errors import ConfigError
 
 MEAN, STD = (0.1307,), (0.3081,)
 
 
 def load(cfg: DictConfig, data_dir: str) -> SourceData:
+    grow = int(cfg.image_size) - 28
+    if grow < 0:
+        raise ConfigError(f"dataset.image_size must be at least 28 for mnist, got {cfg.image_size}")
+    before, after = grow // 2, grow - grow // 2  # odd growth: the extra row / column goes last
+
     def read(train: bool):
         return open_torchvision(
             lambda download: MNIST(data_dir, train=train, download=download),
@@ -23,12 +29,9 @@ def load(cfg: DictConfig, data_dir: str) -> SourceData:
         )
 
     train, test = read(True), read(False)
-    pad = (int(cfg.image_size) - 28) // 2
-    if pad < 0:
-        raise ValueError(f"dataset.image_size must be at least 28 for mnist, got {cfg.image_size}")
 
-    def images(ds):  # uint8 [N, 1, 28 + 2 pad, 28 + 2 pad]
-        return F.pad(ds.data, (pad, pad, pad, pad)).unsqueeze(1).contiguous()
+    def images(ds):  # uint8 [N, 1, image_size, image_size], zeros around the 28x28 digit
+        return F.pad(ds.data, (before, after, before, after)).unsqueeze(1).contiguous()
 
     return SourceData(
         train_images=images(train),

@@ -7,6 +7,7 @@ SALN's augmentation (flip, rotation, jitter) runs on whole batches on the device
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 
 import torch
@@ -59,7 +60,8 @@ def _read(cfg: DictConfig, data_dir: str, cache_dir: str | None, split: str, siz
         targets[i] = label
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_suffix(".tmp")
+        # a private temporary name: parallel sweep jobs may decode and publish at the same time
+        tmp = cache.with_name(f"{cache.name}.{os.getpid()}.tmp")
         torch.save({"images": images, "targets": targets}, tmp)
         tmp.replace(cache)
     return images, targets

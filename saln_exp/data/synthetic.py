@@ -10,6 +10,7 @@ import torch
 from omegaconf import DictConfig
 
 from saln_exp.data.base import SourceData
+from saln_exp.errors import ConfigError
 
 # channels, image size, classes of every real dataset, for stand-ins
 SHAPES = {
@@ -24,7 +25,7 @@ SHAPES = {
 def shape_of(cfg: DictConfig) -> tuple[int, int, int]:
     if cfg.get("like"):
         if cfg.like not in SHAPES:
-            raise ValueError(f"dataset.like must be one of {sorted(SHAPES)}, got {cfg.like!r}")
+            raise ConfigError(f"dataset.like must be one of {sorted(SHAPES)}, got {cfg.like!r}")
         return SHAPES[cfg.like]
     return int(cfg.channels), int(cfg.image_size), int(cfg.num_classes)
 

@@ -23,7 +23,7 @@ MODELS: dict[str, type[nn.Module]] = {
 
 
 def check_input(name: str, in_shape: tuple[int, int, int]) -> None:
-    channels, height, width = in_shape
+    _channels, height, width = in_shape
     cls = MODELS[name]
     if min(height, width) < cls.min_size:
         raise ConfigError(

@@ -5,7 +5,8 @@ from torch import Tensor, nn
 
 
 class LeNet(nn.Module):
-    min_size = 13  # two 5x5 convs and two 2x2 pools leave at least 1x1
+    # 16 -> conv5 12 -> pool 6 -> conv5 2 -> pool 1: the smallest side that leaves 1x1 (15 leaves 0)
+    min_size = 16
 
     def __init__(self, in_channels: int, num_classes: int, image_size: int):
         super().__init__()

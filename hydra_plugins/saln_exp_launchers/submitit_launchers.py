@@ -44,7 +44,11 @@ class TolerantCollection:
         try:
             return job.results()[0]
         except Exception as err:  # UncompletedJobError, FailedJobError: no result was written
-            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            try:
+                state = job.state  # e.g. "CANCELLED by 0", "NODE_FAIL", "OUT_OF_MEMORY"
+            except Exception:
+                state = "unknown"
+            reason = f"job {job.job_id} ended in state {state} without a result"
             job_dir = Path(str(self.config.hydra.sweep.dir)) / str(idx)
             RunFiles(job_dir).write_status(
                 "failed",

@@ -1,0 +1,99 @@
+"""Multirun sweeps: every job in its own directory, sweep.json, failures recorded without taking
+the sweep down, W&B groups per sweep, and the submitit local launcher and Optuna sweeper."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import run_cli
+from wandb_records import run_info
+
+SMALL = (
+    "model=fcnet",
+    "model.hidden=32",
+    "dataset.image_size=8",
+    "trainer.epochs=1",
+    "trainer.progress=false",
+)
+
+
+def load_sweep(sweep_dir):
+    return json.loads((sweep_dir / "sweep.json").read_text())
+
+
+@pytest.mark.slow
+def test_a_failing_job_is_recorded_and_the_others_complete(tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    out = run_cli(
+        "-m", "selector=uniform", "selector.filter_ratio=0.5,1.5", "optimizer.lr=0.05,1e12",
+        "optimizer.momentum=0.99", "logger=wandb", "logger.mode=offline", *SMALL,
+        f"hydra.sweep.dir={sweep_dir}",
+        env={"WANDB_MODE": "offline"},
+    )  # fmt: skip
+    assert out.returncode == 1, out.stderr[-2000:]
+    sweep = load_sweep(sweep_dir)
+    assert sweep["n_jobs"] == 4 and sweep["status"] == "failed"
+    by_dir = {j["dir"]: j for j in sweep["jobs"]}
+    assert by_dir["0"]["status"] == "completed"  # filter_ratio=0.5, lr=0.05
+    assert (sweep_dir / "0" / "summary.json").exists()
+    assert "filter_ratio must be" in by_dir["2"]["error"]  # filter_ratio=1.5: bad value
+    assert "loss became" in by_dir["1"]["error"]  # lr=1e12: diverged
+    assert sweep["n_failed"] == 3
+    assert "3 job(s) failed" in out.stderr and "filter_ratio=1.5" in out.stderr
+    # one W&B group per sweep, job type = selector, run named from its overrides
+    info = run_info(next((sweep_dir / "0" / "wandb").rglob("run-*.wandb")))
+    assert info["group"] == sweep_dir.name
+    assert info["job_type"] == "uniform"
+    assert "selector.filter_ratio=0.5" in info["name"]
+
+
+@pytest.mark.slow
+def test_sweep_over_selectors_and_seeds_and_latest_link(tmp_path):
+    log_dir = tmp_path / "logs"
+    out = run_cli(
+        "-m", "selector=none,uniform", "seed=0,1", "logger=none", *SMALL, f"paths.log_dir={log_dir}"
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    latest = log_dir / "sweeps" / "latest"
+    assert latest.is_symlink()
+    sweep = load_sweep(latest)
+    assert sweep["n_jobs"] == 4 and sweep["n_failed"] == 0
+    assert sorted(j["dir"] for j in sweep["jobs"]) == ["0", "1", "2", "3"]
+    seeds = {
+        json.loads((latest / j["dir"] / "summary.json").read_text())["seed"] for j in sweep["jobs"]
+    }
+    assert seeds == {0, 1}
+
+
+@pytest.mark.slow
+def test_submitit_local_launcher_runs_the_sweep(tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    out = run_cli(
+        "-m",
+        "hydra/launcher=local",
+        "selector=none,saln",
+        "logger=none",
+        *SMALL,
+        f"hydra.sweep.dir={sweep_dir}",
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    for job in ("0", "1"):
+        assert json.loads((sweep_dir / job / "summary.json").read_text())["status"] == "completed"
+    assert load_sweep(sweep_dir)["n_failed"] == 0
+
+
+@pytest.mark.slow
+def test_optuna_search_runs_on_the_offline_default(tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    out = run_cli(
+        "hparams_search=digits_optuna",
+        "hydra.sweeper.n_trials=3",
+        "logger=none",
+        *SMALL,
+        f"hydra.sweep.dir={sweep_dir}",
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert (sweep_dir / "optimization_results.yaml").exists()
+    assert load_sweep(sweep_dir)["n_jobs"] == 3
