@@ -28,6 +28,7 @@ from saln_exp.data import build_data
 from saln_exp.errors import UserError
 from saln_exp.metrics import summarize
 from saln_exp.models import build_model
+from saln_exp.prune import prune_dataset
 from saln_exp.report.console import print_run_summary
 from saln_exp.selectors import build_selector
 from saln_exp.sweep import hydra_runtime
@@ -101,6 +102,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     device = resolve_device(cfg.device)
     selector = build_selector(cfg.selector, seed)  # option errors surface before data is read
     data = build_data(cfg.dataset, cfg.paths, device)
+    data, prune_record = prune_dataset(cfg, data, device, run_dir)
     model = build_model(cfg.model, data.in_shape, data.num_classes).to(device)
     if cfg.trainer.get("channels_last"):
         model = model.to(memory_format=torch.channels_last)
@@ -125,6 +127,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
             "git_commit": git_commit(),
             **summarize(history, cfg.eval.get("target_acc")),
             **trainer.forgetting.summary(data.train.indices),
+            **prune_record,
             "config": _plain(cfg),
         }
         tracking.complete(summary)

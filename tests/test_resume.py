@@ -119,6 +119,7 @@ def test_a_resumed_wandb_run_keeps_its_id(make_cfg, tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         run(make_cfg(*overrides))
     monkeypatch.undo()
+    time.sleep(1.1)  # offline run folders are named by the second they start in
     run(make_cfg(*overrides))
     files = sorted((tmp_path / "run" / "wandb").rglob("run-*.wandb"))
     assert len(files) == 2

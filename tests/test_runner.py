@@ -34,7 +34,7 @@ def quick(make_cfg):
 
     def _run(*overrides):
         cfg = make_cfg(
-            "model=fcnet", "model.hidden=64", "dataset.image_size=8", "trainer.epochs=2", *overrides
+            "selector=none", "model=fcnet", "model.hidden=64", "dataset.image_size=8", "trainer.epochs=2", *overrides
         )
         value = run(cfg)
         return cfg, value
@@ -113,6 +113,7 @@ def test_logged_test_metrics_match_a_numpy_evaluation_of_the_saved_model(quick, 
 def test_same_seed_same_metrics_other_seed_other_metrics(make_cfg, tmp_path):
     def metrics(seed, name):
         cfg = make_cfg(
+            "selector=none",
             "model=fcnet",
             "model.hidden=64",
             "dataset.image_size=8",

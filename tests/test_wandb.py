@@ -11,7 +11,7 @@ import wandb
 from saln_exp.train import run
 from wandb_records import history, run_info, summary
 
-FAST = ("model=fcnet", "model.hidden=32", "dataset.image_size=8", "trainer.epochs=2")
+FAST = ("selector=none", "model=fcnet", "model.hidden=32", "dataset.image_size=8", "trainer.epochs=2")
 
 
 def wandb_file(run_dir):
