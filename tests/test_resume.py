@@ -95,7 +95,7 @@ def test_a_truncated_checkpoint_is_reported_and_the_previous_one_used(make_cfg, 
 def test_resuming_with_another_configuration_is_refused(make_cfg, tmp_path, capsys):
     run(make_cfg(*SMALL, "trainer.epochs=1"))
     with pytest.raises(SystemExit) as exit_info:
-        run(make_cfg(*SMALL, "trainer.epochs=2", "optimizer.lr=0.01"))
+        run(make_cfg(*SMALL, "trainer.epochs=2", "optimizer.lr=0.02"))
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip()
     assert "another configuration" in err and "optimizer.lr" in err and "hydra.run.dir" in err
