@@ -110,8 +110,6 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     tracking = Tracking(cfg, run_dir, name=runtime.run_name, group=runtime.group)
     try:
         trainer = Trainer(cfg, data, model, selector, run_dir, device, tracking)
-        if cfg.trainer.get("compile"):
-            trainer.model = torch.compile(model)
         history = trainer.fit()
         summary = {
             "status": "completed",

@@ -117,6 +117,9 @@ class Trainer:
         self.cfg = cfg
         self.data = data
         self.model = model
+        # the training step may run a compiled graph; checkpoints, evaluation and the selector's
+        # view use the module itself, so state_dict keys never depend on `trainer.compile`
+        self.train_forward = torch.compile(model) if cfg.trainer.get("compile") else model
         self.selector = selector
         self.run_dir = Path(run_dir)
         self.device = device
@@ -300,7 +303,7 @@ class Trainer:
         with self.timers("train"):
             self.model.train()
             with self.autocast():
-                logits = self.model(batch.x)
+                logits = self.train_forward(batch.x)
             loss = F.cross_entropy(logits.float(), batch.y)
             if not torch.isfinite(loss):
                 raise NonFiniteLossError(
