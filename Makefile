@@ -21,7 +21,7 @@ train: install ## run the default config (digits + lenet + saln on CPU); extra o
 	$(BIN)/saln-train $(ARGS)
 
 compare: install ## selectors side by side on the offline default, one comparison table
-	$(BIN)/saln-train -m +compare=offline $(ARGS)
+	$(BIN)/saln-train -m experiment=compare_offline $(ARGS)
 	$(BIN)/saln-report outputs/sweeps/latest --table compare
 
 test: install ## the test suite (what CI runs; Slurm tests skip without a cluster)

@@ -73,10 +73,10 @@ def apply_smoke(cfg: DictConfig) -> None:
     from saln_exp.data.synthetic import SHAPES
 
     with open_dict(cfg):
-        like = cfg.dataset.name if cfg.dataset.name in SHAPES else None
-        stand_in = {
-            "name": "synthetic", "like": like, "n_train": 96, "n_test": 48, "noise": 1.0,
-            "channels": 1, "image_size": 8, "num_classes": 10, "download": False,
+        channels, size, classes = SHAPES.get(cfg.dataset.name, (1, 8, 10))
+        stand_in = {  # the real dataset's channels and classes, at most 32x32 (resnet18_imagenet's minimum)
+            "name": "synthetic", "like": None, "n_train": 96, "n_test": 48, "noise": 1.0,
+            "channels": channels, "image_size": min(size, 32), "num_classes": classes, "download": False,
             "batch_size": min(int(cfg.dataset.batch_size), 32),
         }  # fmt: skip
         cfg.dataset.merge_with(stand_in)
@@ -92,6 +92,7 @@ def apply_smoke(cfg: DictConfig) -> None:
             )
         if cfg.selector.get("features") == "pretrained":
             cfg.selector.backbone_weights = None
+            cfg.selector.feature_size = None  # the backbone sees the stand-in's 32x32
 
 
 def train(cfg: DictConfig, run_dir: Path) -> dict:
@@ -128,11 +129,27 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
             **prune_record,
             "config": _plain(cfg),
         }
+        log_figures_to_wandb(tracking, summary, run_dir)
         tracking.complete(summary)
         return summary
     except BaseException as err:
         tracking.fail(err)
         raise
+
+
+def log_figures_to_wandb(tracking: Tracking, summary: dict, run_dir: Path) -> None:
+    """The run's report figures (curves, kept images, final layer, accumulation) to a live W&B run.
+    Drawn only when W&B is on; a figure that fails is a warning, never a failed run."""
+    if tracking.wandb is None:
+        return
+    from saln_exp.report.figures import run_figures
+
+    try:
+        tracking.files.write_summary(summary)  # the figures read the finished run's files
+        tracking.files.write_status("completed")
+        tracking.log_images(run_figures(run_dir))
+    except Exception as err:
+        log.warning("figures not logged to W&B: %s", err)
 
 
 def _plain(cfg: DictConfig) -> dict:

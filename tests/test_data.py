@@ -434,3 +434,17 @@ def test_unequal_class_sizes_round_per_class():
     assert torch.equal(noisy[flipped], (targets[flipped] + 1) % 3)
     with pytest.raises(ValueError, match=r"label_noise\.kind"):
         corrupt_labels(targets, 3, 0.3, "bogus", seed=1)
+
+
+def test_cifar_saln_policy_uses_imagenet_statistics_and_resizes_batches_on_the_device(make_cfg, no_cifar_md5):
+    cfg = make_cfg("dataset=cifar10", "dataset.augment_policy=saln", "dataset.image_size=64")
+    write_cifar(Path(cfg.paths.data_dir), "cifar10")
+    data = build_data(cfg.dataset, cfg.paths)
+    assert data.in_shape == (3, 64, 64)
+    assert data.train.images.shape[-1] == 32  # stored at native size
+    assert torch.allclose(data.pipeline.mean.flatten(), torch.tensor((0.485, 0.456, 0.406)))
+    out = data.pipeline(data.train.images[:4], train=True)
+    assert out.shape == (4, 3, 64, 64)
+    assert data.pipeline(data.test.images[:4], train=False).shape == (4, 3, 64, 64)
+    with pytest.raises(ConfigError, match="augment_policy"):
+        build_data(make_cfg("dataset=cifar10", "dataset.augment_policy=weird").dataset, cfg.paths)

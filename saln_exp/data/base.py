@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from sklearn.model_selection import train_test_split
 from torch import Tensor, nn
 
@@ -30,6 +31,7 @@ class SourceData:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     augment: nn.Module | None = None  # per-sample batch augmentation for training batches
+    resize: int | None = None  # resize every batch on the device to resize x resize (e.g. 224)
 
 
 @dataclass
@@ -66,7 +68,10 @@ class DataBundle:
 
     @property
     def in_shape(self) -> tuple[int, int, int]:
-        return tuple(self.train.images.shape[1:])  # type: ignore[return-value]
+        """The shape the model sees (after the pipeline's resize, if any)."""
+        channels, height, width = self.train.images.shape[1:]
+        size = self.pipeline.resize
+        return (channels, size, size) if size else (channels, height, width)
 
     @property
     def augmented(self) -> bool:
@@ -86,8 +91,11 @@ class BatchPipeline(nn.Module):
     (kornia), so small datasets never leave the GPU and no DataLoader workers are needed.
     """
 
-    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...], augment: nn.Module | None):
+    def __init__(
+        self, mean: tuple[float, ...], std: tuple[float, ...], augment: nn.Module | None, resize: int | None = None
+    ):
         super().__init__()
+        self.resize = resize
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
         self.augment = augment
@@ -96,6 +104,8 @@ class BatchPipeline(nn.Module):
         x = x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
         if train and self.augment is not None:
             x = self.augment(x)
+        if self.resize and x.shape[-1] != self.resize:  # on the device, after augmenting at native size
+            x = F.interpolate(x, size=(self.resize, self.resize), mode="bilinear", align_corners=False, antialias=True)
         return (x - self.mean) / self.std
 
 
@@ -137,7 +147,7 @@ def assemble(
         noisy[train.indices[flipped]] = True
 
     device = torch.device(device)
-    pipeline = BatchPipeline(source.mean, source.std, source.augment).to(device)
+    pipeline = BatchPipeline(source.mean, source.std, source.augment, source.resize).to(device)
     return DataBundle(
         name=name,
         train=train.to(device),

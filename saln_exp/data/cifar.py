@@ -1,4 +1,11 @@
-"""torchvision CIFAR-10 / CIFAR-100 with ASSIST's training augmentation (on the device, per sample)."""
+"""torchvision CIFAR-10 / CIFAR-100.
+
+Augmentation (per sample, on whole batches on the device): `augment_policy: assist` is ASSIST's
+(flip, affine, crop, strong jitter) with CIFAR statistics; `saln` is the SALN paper's (flip,
+rotation 15, jitter .2/.2/.2/.1) with ImageNet mean/std, as SALN fed CIFAR-10 to an ImageNet
+ResNet-18. `image_size` above 32 resizes each batch on the device (after augmenting), so the
+stored dataset stays 32x32 uint8.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +13,13 @@ import torch
 from omegaconf import DictConfig
 from torchvision.datasets import CIFAR10, CIFAR100
 
-from saln_exp.data.augment import assist_cifar_batched
+from saln_exp.data.augment import assist_cifar_batched, saln_pets_batched
 from saln_exp.data.base import SourceData
 from saln_exp.data.fetch import open_torchvision
+from saln_exp.errors import ConfigError
+
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+POLICIES = {"assist": assist_cifar_batched, "saln": saln_pets_batched}
 
 VARIANTS = {
     # name: (torchvision class, classes, mean, std, folder torchvision expects)
@@ -31,6 +42,14 @@ def load(cfg: DictConfig, data_dir: str) -> SourceData:
         images = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()  # NHWC -> NCHW, uint8
         return images, torch.tensor(ds.targets, dtype=torch.long)
 
+    policy = str(cfg.get("augment_policy", "assist"))
+    if policy not in POLICIES:
+        raise ConfigError(f"dataset.augment_policy must be one of {sorted(POLICIES)}, got {policy!r}")
+    size = int(cfg.get("image_size") or 32)
+    if size < 32:
+        raise ConfigError(f"dataset.image_size must be at least 32 for {cfg.name}, got {size}")
+    if policy == "saln":
+        mean, std = IMAGENET_MEAN, IMAGENET_STD
     (train_x, train_y), (test_x, test_y) = read(True), read(False)
     return SourceData(
         train_images=train_x,
@@ -40,5 +59,6 @@ def load(cfg: DictConfig, data_dir: str) -> SourceData:
         num_classes=classes,
         mean=mean,
         std=std,
-        augment=assist_cifar_batched() if cfg.augment else None,
+        augment=POLICIES[policy]() if cfg.augment else None,
+        resize=size if size != 32 else None,
     )

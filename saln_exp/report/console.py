@@ -10,7 +10,9 @@ from rich.table import Table
 
 
 def print_run_summary(summary: dict[str, Any], run_dir: Path) -> None:
-    table = Table(title=f"{summary['dataset']} / {summary['model']} / {summary['selector']} (seed {summary['seed']})")
+    table = Table(
+        title=f"{summary['dataset']} / {summary['model']} / {summary['selector']} (seed {summary['seed']})"
+    )
     table.add_column("metric")
     table.add_column("value", justify="right")
     rows = [

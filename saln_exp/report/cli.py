@@ -1,0 +1,133 @@
+"""`saln-report`: sweep or run directories (or a W&B project) -> tables, CSV and figures.
+
+    saln-report outputs/sweeps/2026-01-01_12-00-00              # paper tables + comparison + figures
+    saln-report outputs/sweeps/latest --table compare           # only the selector comparison
+    saln-report outputs/sweeps/a outputs/sweeps/b --format latex
+    saln-report --wandb my-entity/saln-exp:my-sweep-group       # online only
+
+Everything is written to `<first dir>/report/` (or --out): tables.<md|csv|tex>, runs.csv (one row
+per run), curves.csv (one row per run and epoch) and figures/*.png|pdf.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from pathlib import Path
+
+from saln_exp.report.figures import report_figures
+from saln_exp.report.load import ReportError, Runs, load_runs, load_wandb, resolve_source
+from saln_exp.report.paper import all_specs, specs_for
+from saln_exp.report.tables import FORMATS, Table, compare_table, paper_table, render
+
+SUFFIX = {"markdown": "md", "csv": "csv", "latex": "tex"}
+TABLE_CHOICES = ("auto", "all", "compare", "paper")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    experiments = sorted({spec.experiment for spec in all_specs()})
+    parser = argparse.ArgumentParser(
+        prog="saln-report",
+        description="Turn sweeps into the papers' tables (ours beside theirs), a comparison table and figures.",
+    )
+    parser.add_argument(
+        "paths",
+        nargs="*",
+        help="sweep or run directories (outputs/sweeps/<date>, outputs/sweeps/latest)",
+    )
+    parser.add_argument(
+        "--wandb",
+        metavar="ENTITY/PROJECT[:GROUP]",
+        help="read runs from W&B instead (needs network)",
+    )
+    parser.add_argument(
+        "--table", default="auto", metavar="WHICH",
+        help=f"auto (paper tables of the experiments present + comparison), paper, compare, all, or one experiment: {', '.join(experiments)}",
+    )  # fmt: skip
+    parser.add_argument("--format", default="markdown", choices=FORMATS)
+    parser.add_argument("--out", type=Path, help="output directory (default: <first path>/report)")
+    parser.add_argument(
+        "--target-acc",
+        type=float,
+        help="test accuracy for time-to-target (default: eval.target_acc of the runs)",
+    )
+    parser.add_argument("--no-figures", action="store_true", help="tables and CSV only")
+    args = parser.parse_args(argv)
+    if bool(args.paths) == bool(args.wandb):
+        parser.error(
+            "give run / sweep directories or --wandb ENTITY/PROJECT[:GROUP], not both or neither"
+        )
+    if args.table not in (*TABLE_CHOICES, *experiments):
+        parser.error(
+            f"--table must be one of {', '.join((*TABLE_CHOICES, *experiments))}, got {args.table!r}"
+        )
+    return args
+
+
+def output_dir(args: argparse.Namespace) -> Path:
+    if args.out:
+        return args.out
+    if args.wandb:
+        return Path("outputs") / "reports" / re.sub(r"[^A-Za-z0-9_.-]+", "_", args.wandb)
+    return resolve_source(args.paths[0]) / "report"
+
+
+def select_tables(runs: Runs, which: str, target: float | None) -> list[Table]:
+    """The tables `--table` asks for, from the runs at hand."""
+    present = set(runs.runs["experiment"].dropna())
+    if which in ("auto", "all", "paper"):
+        specs = all_specs() if which == "all" else specs_for(present)
+    elif which == "compare":
+        specs = []
+    else:
+        specs = specs_for({which})
+    tables = [paper_table(spec, runs) for spec in specs]
+    if which in ("auto", "all", "compare") and len(runs.completed):
+        tables.append(compare_table(runs, target))
+    return tables
+
+
+def status_line(runs: Runs) -> str | None:
+    counts = runs.runs["status"].value_counts()
+    unfinished = counts.drop("completed", errors="ignore")
+    if unfinished.empty:
+        return None
+    detail = ", ".join(f"{status}: {n}" for status, n in unfinished.items())
+    return f"note: {unfinished.sum()} of {len(runs.runs)} runs did not complete ({detail}); their cells show as missing"
+
+
+def write_outputs(runs: Runs, tables: list[Table], fmt: str, out: Path) -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [out / f"tables.{SUFFIX[fmt]}", out / "runs.csv", out / "curves.csv"]
+    paths[0].write_text("\n".join(render(t, fmt) for t in tables))
+    runs.runs.to_csv(paths[1], index=False)
+    runs.curves.to_csv(paths[2], index=False)
+    return paths
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        runs = load_wandb(args.wandb) if args.wandb else load_runs(args.paths)
+        out = output_dir(args)
+        tables = select_tables(runs, args.table, args.target_acc)
+        if not tables:
+            raise ReportError(
+                f"no table to print: --table {args.table} matches none of the runs' experiments"
+            )
+        print("\n".join(render(t, args.format) for t in tables))
+        written = write_outputs(runs, tables, args.format, out)
+        if not args.no_figures:
+            written += report_figures(runs, out / "figures")
+    except ReportError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if note := status_line(runs):
+        print(note, file=sys.stderr)
+    print(f"report: {len(written)} files in {out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

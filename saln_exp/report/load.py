@@ -1,0 +1,295 @@
+"""Runs -> two DataFrames: one row per run (`runs`) and one row per run and epoch (`curves`).
+
+The run directories' files (config.yaml, metrics.jsonl, summary.json, status.json) are the source
+of truth, so a report never needs W&B; a W&B project is read into the same two frames when online.
+Identity columns come from explicit config fields (dataset, model, selector, seed, experiment),
+never from directory names.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+
+from saln_exp.errors import UserError
+
+# the columns that say which configuration a run is; everything else is a measurement
+ID_COLUMNS = [
+    "experiment",
+    "dataset",
+    "model",
+    "selector",
+    "method",
+    "filtering",
+    "filter_ratio",
+    "batch_size",
+    "lr",
+    "scheduler",
+    "epochs",
+    "seed",
+]
+# summary.json scalars worth a column (the rest of the summary is config or bookkeeping)
+SUMMARY_COLUMNS = [
+    "final_test_acc",
+    "best_test_acc",
+    "best_epoch",
+    "final_train_acc",
+    "final_val_acc",
+    "train_time_s",
+    "total_time_s",
+    "samples_backprop",
+    "optim_steps",
+    "target_acc",
+    "time_to_target_s",
+    "wall_to_target_s",
+    "backprop_to_target",
+    "epoch_to_target",
+]
+# SALN's names for its methods; ASSIST's names for its filtering modes
+SALN_METHODS = {"none": "standard", "saln": "saln", "jest": "jest", "uniform": "uniform"}
+RUN_FILES = ("summary.json", "status.json", "metrics.jsonl")
+
+
+class ReportError(UserError):
+    """Nothing to report on, or a source that cannot be read."""
+
+
+@dataclass
+class Runs:
+    runs: pd.DataFrame  # one row per run: identity columns, summary numbers, final-epoch metrics
+    curves: pd.DataFrame  # one row per run and epoch: run_id, epoch, every metrics.jsonl key
+
+    @property
+    def completed(self) -> pd.DataFrame:
+        return self.runs[self.runs["status"] == "completed"]
+
+
+def started(sweep_dir: Path) -> float:
+    """When a sweep started: its multirun.yaml is written once at launch, while the directory's
+    own mtime moves whenever a report is written into it."""
+    marker = sweep_dir / "multirun.yaml"
+    return (marker if marker.exists() else sweep_dir).stat().st_mtime
+
+
+def resolve_source(path: str | Path) -> Path:
+    """A path as given; `.../latest` that does not exist means the newest sibling sweep."""
+    path = Path(path)
+    if path.exists():
+        return path
+    if path.name == "latest" and path.parent.is_dir():
+        candidates = [p for p in path.parent.iterdir() if p.is_dir() and p.name != "latest"]
+        if candidates:
+            return max(candidates, key=lambda p: (started(p), p.name))
+    raise ReportError(
+        f"{path} does not exist; give a sweep or run directory (outputs/sweeps/<date>)"
+    )
+
+
+def find_run_dirs(path: Path) -> list[Path]:
+    """Every run directory at or under `path` (one holding summary.json, status.json or metrics)."""
+    found = {f.parent for name in RUN_FILES for f in path.rglob(name)}
+    found |= {path} if any((path / name).exists() for name in RUN_FILES) else set()
+    return sorted(found, key=lambda p: (len(p.parts), str(p)))
+
+
+def filtering_mode(selector: dict[str, Any]) -> str | None:
+    """ASSIST's filtering vocabulary for the selectors that implement it (Table 4.4's rows)."""
+    name = selector.get("name")
+    if name == "none":
+        return "none"
+    if name == "accuracy":
+        return "batchwise"
+    if name == "accuracy_epoch":
+        return "epoch+batch" if selector.get("batchwise") else "epochwise"
+    return None
+
+
+def model_label(model: dict[str, Any]) -> str | None:
+    """ASSIST names FCNets by width (FCNet3000); every other model by its name."""
+    name = model.get("name")
+    return f"fcnet{model['hidden']}" if name == "fcnet" and model.get("hidden") else name
+
+
+def identity(config: dict[str, Any]) -> dict[str, Any]:
+    """The identity columns of a run, from its resolved config."""
+    selector = config.get("selector") or {}
+    dataset = config.get("dataset") or {}
+    return {
+        "experiment": config.get("experiment_name"),
+        "dataset": dataset.get("name"),
+        "model": model_label(config.get("model") or {}),
+        "selector": selector.get("name"),
+        "method": SALN_METHODS.get(selector.get("name")),
+        "filtering": filtering_mode(selector),
+        "filter_ratio": selector.get("filter_ratio"),
+        "batch_size": dataset.get("batch_size"),
+        "lr": (config.get("optimizer") or {}).get("lr"),
+        "scheduler": (config.get("scheduler") or {}).get("name"),
+        "epochs": (config.get("trainer") or {}).get("epochs"),
+        "seed": config.get("seed"),
+        "smoke": bool(config.get("smoke")),
+    }
+
+
+def run_row(
+    run_id: str, status: str, config: dict, summary: dict, curve: pd.DataFrame
+) -> dict[str, Any]:
+    """One runs-table row: identity, summary scalars, and the last epoch's metrics."""
+    final = curve.iloc[-1].to_dict() if len(curve) else {}
+    final.pop("run_id", None)
+    row = {"run_id": run_id, "status": status, **identity(config)}
+    row.update({k: summary.get(k) for k in SUMMARY_COLUMNS})
+    row.update(final)
+    row["train_time_s"] = (
+        row.get("train_time_s") if row.get("train_time_s") is not None else _train_seconds(final)
+    )
+    return row
+
+
+def _train_seconds(final: dict[str, Any]) -> float:
+    """Training time as SALN reports it: training plus selection, without evaluation."""
+    return float(final.get("time/train_s", math.nan)) + float(final.get("time/select_s", math.nan))
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text()) if path.exists() else {}
+    except json.JSONDecodeError:
+        return {}
+
+
+def read_curve(path: Path) -> pd.DataFrame:
+    """metrics.jsonl as a frame (nulls -> NaN); empty when the run has not finished an epoch."""
+    lines = path.read_text().splitlines() if path.exists() else []
+    records = [json.loads(line) for line in lines if line.strip()]
+    return pd.DataFrame.from_records(records).apply(pd.to_numeric, errors="coerce")
+
+
+def read_local_run(run_dir: Path, run_id: str) -> tuple[dict[str, Any], pd.DataFrame]:
+    summary = _read_json(run_dir / "summary.json")
+    status = _read_json(run_dir / "status.json").get("status") or summary.get("status") or "unknown"
+    config = summary.get("config")
+    if config is None and (run_dir / "config.yaml").exists():
+        config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    curve = read_curve(run_dir / "metrics.jsonl")
+    row = run_row(run_id, status, config or {}, summary, curve)
+    row["run_dir"] = str(run_dir)
+    return row, curve.assign(run_id=run_id)
+
+
+def load_runs(paths: list[str | Path]) -> Runs:
+    """Every run under the given sweep or run directories."""
+    rows, curves = [], []
+    for source in map(resolve_source, paths):
+        for run_dir in find_run_dirs(source):
+            row, curve = read_local_run(
+                run_dir, str(run_dir.resolve())
+            )  # one id per run, however reached
+            rows.append(row)
+            curves.append(curve)
+    if not rows:
+        raise ReportError(
+            f"no runs found under {', '.join(map(str, paths))} (no summary.json / status.json)"
+        )
+    return assemble(rows, curves)
+
+
+def assemble(rows: list[dict[str, Any]], curves: list[pd.DataFrame]) -> Runs:
+    runs = pd.DataFrame(rows).drop_duplicates("run_id").reset_index(drop=True)
+    runs["group"] = runs["experiment"].fillna(
+        runs["dataset"].astype(str) + "_" + runs["model"].astype(str)
+    )
+    runs["variant"] = variant_labels(runs)
+    curve_frame = (
+        pd.concat([c for c in curves if len(c)], ignore_index=True)
+        if any(len(c) for c in curves)
+        else pd.DataFrame({"run_id": [], "epoch": []})
+    )
+    return Runs(runs=runs, curves=curve_frame)
+
+
+def variant_labels(runs: pd.DataFrame) -> pd.Series:
+    """A short label per run naming what differs from the other runs of its group (seeds aside):
+    the line names in figures and row names in comparisons."""
+    labels = pd.Series("", index=runs.index, dtype=object)
+    for _, group in runs.groupby("group", dropna=False):
+        method = method_column(group)
+        per_method = group.groupby(method, dropna=False)
+        varying = [
+            c
+            for c in ("model", "batch_size", "filter_ratio", "lr")
+            if (per_method[c].nunique(dropna=False) > 1).any()
+        ]
+        parts = [group[method].astype(str)] + [f"{c}=" + group[c].astype(str) for c in varying]
+        labels[group.index] = pd.concat(parts, axis=1).agg(" ".join, axis=1)
+    return labels
+
+
+def method_column(runs: pd.DataFrame) -> str:
+    """Which vocabulary names this group's methods: ASSIST's filtering, SALN's methods, or selectors."""
+    experiments = runs["experiment"].dropna().astype(str)
+    if (
+        len(experiments)
+        and experiments.str.startswith("assist").all()
+        and runs["filtering"].notna().all()
+    ):
+        return "filtering"
+    if (
+        len(experiments)
+        and experiments.str.startswith("saln").all()
+        and runs["method"].notna().all()
+    ):
+        return "method"
+    return "selector"
+
+
+def wandb_is_online() -> bool:
+    from saln_exp.tracking import wandb_mode
+
+    return wandb_mode("auto") == "online"
+
+
+def load_wandb(spec: str) -> Runs:
+    """`entity/project[:group]` through wandb.Api; only when online (credentials and network)."""
+    project, _, group = spec.partition(":")
+    if not wandb_is_online():
+        raise ReportError(
+            f"--wandb {spec} needs W&B online (WANDB_API_KEY or `wandb login`, WANDB_MODE not offline); "
+            "offline, report from the run directories instead"
+        )
+    try:
+        import wandb
+
+        api = wandb.Api(timeout=60)
+        wandb_runs = list(api.runs(project, filters={"group": group} if group else None))
+        rows, curves = [], []
+        for run in wandb_runs:
+            curve = run.history(samples=100_000, pandas=True).sort_values("epoch")
+            curve = curve[[c for c in curve.columns if not c.startswith("_")]].reset_index(
+                drop=True
+            )
+            summary = dict(run.summary._json_dict)
+            status = "completed" if run.state == "finished" else run.state
+            rows.append(
+                run_row(
+                    run.path[-1] if isinstance(run.path, list) else run.id,
+                    status,
+                    dict(run.config),
+                    summary,
+                    curve,
+                )
+            )
+            curves.append(curve.assign(run_id=rows[-1]["run_id"]))
+    except Exception as err:  # network, auth, unknown project: one line, not a traceback
+        raise ReportError(
+            f"could not read W&B runs of {spec}: {type(err).__name__}: {err}"
+        ) from None
+    if not rows:
+        raise ReportError(f"W&B {spec} has no runs")
+    return assemble(rows, curves)

@@ -1,0 +1,214 @@
+"""Numbers -> tables: the papers' tables with ours beside theirs, and a selector comparison.
+
+Every table is first a numeric frame (mean, std, n, paper per cell) and only then text, so CSV
+output keeps the numbers and Markdown / LaTeX show them as "mean ± std (n=k)". A cell with no
+completed run is missing ("—"), never zero.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from saln_exp.report.load import Runs
+from saln_exp.report.paper import TableSpec
+
+MISSING = "—"
+STATS = ("mean", "std", "n")
+FORMATS = ("markdown", "csv", "latex")
+
+
+@dataclass
+class Table:
+    """A table ready to print: a numeric frame, how to show each column, a title and a note."""
+
+    title: str
+    numbers: (
+        pd.DataFrame
+    )  # index: row labels; columns: (header, stat) with stat in mean/std/n/paper
+    digits: dict[str, int]
+    note: str = ""
+
+
+def metric_values(runs: pd.DataFrame, column: str, scale: float) -> pd.Series:
+    """A runs column in the table's unit; all-missing when no run has it (no val split, say)."""
+    values = runs[column] if column in runs else pd.Series(np.nan, index=runs.index)
+    return pd.to_numeric(values, errors="coerce") * scale
+
+
+def mean_std_n(frame: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """Mean, sample std (ddof 1) and count of every value column, per row key."""
+    stats = frame.groupby(keys, dropna=False).agg(["mean", "std", "count"])
+    return stats.rename(columns={"count": "n"}, level=1)
+
+
+def paper_table(spec: TableSpec, runs: Runs) -> Table:
+    """One paper table: the paper's rows (plus any extra rows we ran), ours next to theirs."""
+    done = runs.completed[runs.completed["experiment"] == spec.experiment]
+    keys = list(spec.row_keys)
+    values = pd.DataFrame(
+        {m.header: metric_values(done, m.ours, m.scale) for m in spec.metrics}, index=done.index
+    )
+    ours = as_multiindex(mean_std_n(pd.concat([done[keys], values], axis=1), keys), keys)
+    rows = pd.MultiIndex.from_tuples(spec.rows, names=keys)
+    extra = [r for r in ours.index if r not in set(rows)] + [
+        r for r in spec.paper.index if r not in set(rows)
+    ]
+    index = rows.append(pd.MultiIndex.from_tuples(extra, names=keys)) if extra else rows
+    ours = ours.reindex(index)
+    columns = {}
+    for m in spec.metrics:
+        for stat in STATS:
+            columns[(m.header, stat)] = ours.get((m.header, stat), np.nan)
+        paper = spec.paper[m.paper] if m.paper and m.paper in spec.paper else pd.Series(dtype=float)
+        columns[(m.header, "paper")] = paper[~paper.index.duplicated()].reindex(index)
+    numbers = pd.DataFrame(columns, index=index)
+    numbers[[c for c in numbers.columns if c[1] == "n"]] = numbers[
+        [c for c in numbers.columns if c[1] == "n"]
+    ].fillna(0)
+    return Table(spec.title, numbers, {m.header: m.digits for m in spec.metrics}, spec.note)
+
+
+def as_multiindex(frame: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """Row keys as tuples even when there is one key, so rows compare with the paper's layout."""
+    if not isinstance(frame.index, pd.MultiIndex):
+        frame.index = pd.MultiIndex.from_arrays([frame.index], names=keys)
+    return frame
+
+
+# -- formatting ------------------------------------------------------------------------------------
+def format_ours(mean: float, std: float, n: float, digits: int) -> str:
+    if not n or pd.isna(mean):
+        return MISSING
+    spread = f" ± {std:.{digits}f}" if n > 1 and pd.notna(std) else ""
+    return f"{mean:.{digits}f}{spread} (n={int(n)})"
+
+
+def format_number(value: float, digits: int) -> str:
+    return MISSING if pd.isna(value) else f"{value:.{digits}f}"
+
+
+def text_frame(table: Table) -> pd.DataFrame:
+    """The table as strings: per metric an `ours` column and, when the paper has one, a `paper` one."""
+    out = pd.DataFrame(index=table.numbers.index)
+    for header, digits in table.digits.items():
+        cols = table.numbers[header]
+        out[header] = [
+            format_ours(*row, digits) for row in cols[list(STATS)].itertuples(index=False)
+        ]
+        if "paper" in cols and cols["paper"].notna().any():
+            out[f"{header} (paper)"] = cols["paper"].map(lambda v, d=digits: format_number(v, d))
+    return out.reset_index()
+
+
+def numeric_frame(table: Table) -> pd.DataFrame:
+    """The numbers with flat column names, for CSV."""
+    flat = table.numbers.copy()
+    flat.columns = [f"{header} {stat}" for header, stat in flat.columns]
+    return flat.reset_index()
+
+
+def render(table: Table, fmt: str = "markdown") -> str:
+    """The table as Markdown (title, table, note), CSV (numbers) or LaTeX (a tabular with caption)."""
+    if fmt == "csv":
+        return f"# {table.title}\n" + numeric_frame(table).to_csv(index=False)
+    text = text_frame(table)
+    if fmt == "latex":
+        return text.to_latex(index=False, escape=True, caption=table.title, na_rep=MISSING)
+    note = f"\n\n{table.note}" if table.note else ""
+    return f"### {table.title}\n\n{text.to_markdown(index=False, disable_numparse=True)}{note}\n"
+
+
+# -- beyond the papers: compare any sweep's selectors at equal budgets --------------------------------
+TRAIN_SECONDS = (
+    "time/train_select_s"  # training time as SALN counts it: train + select, no evaluation
+)
+BACKPROP = "samples/backprop"
+COMPARE_METRICS = (
+    ("test acc", "test/acc", 4),
+    ("best test acc", "best_test_acc", 4),
+    ("test loss q0.5", "test/loss_q50", 3),
+    ("test loss q0.9", "test/loss_q90", 3),
+    ("test loss q0.99", "test/loss_q99", 3),
+    ("train+select s", "train_time_s", 2),
+    ("samples back-prop", BACKPROP, 0),
+    ("acc @ equal time", "acc_at_equal_time", 4),
+    ("acc @ equal samples", "acc_at_equal_samples", 4),
+    ("s to target", "time_to_target", 2),
+)
+
+
+def with_train_seconds(curves: pd.DataFrame) -> pd.DataFrame:
+    if TRAIN_SECONDS in curves or "time/train_s" not in curves:
+        return curves
+    return curves.assign(**{TRAIN_SECONDS: curves["time/train_s"] + curves["time/select_s"]})
+
+
+def value_at(curves: pd.DataFrame, x: str, budgets: pd.Series, y: str = "test/acc") -> pd.Series:
+    """Each run's `y` at its budget on axis `x`, linearly interpolated between epochs; NaN when
+    the budget falls before the run's first evaluation or after its last."""
+
+    def at(curve: pd.DataFrame) -> float:
+        budget = budgets.get(curve.name, np.nan)
+        curve = curve.dropna(subset=[x, y]).sort_values(x)
+        if curve.empty or pd.isna(budget):
+            return np.nan
+        return float(np.interp(budget, curve[x], curve[y], left=np.nan, right=np.nan))
+
+    return curves.groupby("run_id")[[x, y]].apply(at)
+
+
+def equal_budget_accuracy(runs: pd.DataFrame, curves: pd.DataFrame, x: str) -> pd.Series:
+    """Test accuracy of every run at the smallest final budget among the runs of its group, so a
+    selector that back-propagates 20% of each batch meets the others at the same cost."""
+    final = curves.groupby("run_id")[x].max()
+    budget_by_group = runs.assign(final=runs["run_id"].map(final)).groupby("group")["final"].min()
+    budgets = runs.set_index("run_id")["group"].map(budget_by_group)
+    return runs["run_id"].map(value_at(curves, x, budgets))
+
+
+def first_reaching(curves: pd.DataFrame, x: str, target: float) -> pd.Series:
+    """Per run, the smallest `x` at which test accuracy reached the target (NaN: never)."""
+    hit = curves[curves["test/acc"] >= target]
+    return hit.groupby("run_id")[x].min()
+
+
+def budgets_note(runs: pd.DataFrame, curves: pd.DataFrame) -> str:
+    final = curves.groupby("run_id")[[TRAIN_SECONDS, BACKPROP]].max()
+    per_group = final.join(runs.set_index("run_id")["group"]).groupby("group").min()
+    parts = [
+        f"{g}: {row[TRAIN_SECONDS]:.2f} s, {row[BACKPROP]:,.0f} samples"
+        for g, row in per_group.iterrows()
+    ]
+    return "Equal budgets (smallest final budget of the group): " + "; ".join(parts) + "."
+
+
+def compare_table(runs: Runs, target: float | None = None) -> Table:
+    """One row per configuration (seeds pooled): accuracy, loss quantiles, cost, and accuracy at
+    equal training time and equal back-propagated samples."""
+    done = runs.completed.copy()
+    curves = with_train_seconds(runs.curves)
+    curves = curves[curves["run_id"].isin(done["run_id"])]
+    if target is None:
+        target = (
+            float(done["target_acc"].dropna().iloc[0]) if done["target_acc"].notna().any() else 0.9
+        )
+    done["acc_at_equal_time"] = equal_budget_accuracy(done, curves, TRAIN_SECONDS)
+    done["acc_at_equal_samples"] = equal_budget_accuracy(done, curves, BACKPROP)
+    done["time_to_target"] = done["run_id"].map(first_reaching(curves, TRAIN_SECONDS, target))
+    keys = ["group", "variant"] if done["group"].nunique() > 1 else ["variant"]
+    values = pd.DataFrame(
+        {h: metric_values(done, col, 1) for h, col, _ in COMPARE_METRICS}, index=done.index
+    )
+    numbers = mean_std_n(pd.concat([done[keys], values], axis=1), keys)
+    numbers = numbers.rename_axis(["group", "method"][-len(keys) :])
+    note = (
+        f"Mean ± std over seeds (n runs), final epoch unless stated. train+select s: training time "
+        f"without evaluation. acc @ equal time / samples: test accuracy interpolated from each run's "
+        f"curve at the group's smallest final budget. s to target: training seconds until test "
+        f"accuracy first reached {target:g} (— = never; n counts the runs that did). A run whose first "
+        f"evaluation comes after the equal budget shows — there. {budgets_note(done, curves)}"
+    )
+    return Table("Selectors compared", numbers, {h: d for h, _, d in COMPARE_METRICS}, note)

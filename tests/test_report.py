@@ -1,0 +1,228 @@
+"""saln-report: tables built from a small real sweep agree with the runs' own files, missing runs
+show as missing, every figure is a readable image, and W&B offline fails with one line."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import statistics
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from conftest import run_cli
+from saln_exp.report import cli
+from saln_exp.report.figures import montage
+from saln_exp.report.load import load_runs, resolve_source
+from saln_exp.report.paper import paper_values, specs_for
+from saln_exp.report.tables import (
+    MISSING,
+    compare_table,
+    equal_budget_accuracy,
+    paper_table,
+    render,
+)
+
+SELECTORS = ("none", "saln")
+LABELS = {"none": "standard", "saln": "saln"}  # SALN's names, since the sweep is labelled saln_pets
+SEEDS = (0, 1)
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory) -> Path:
+    """A real sweep on the offline default: 2 selectors x 2 seeds, 2 epochs, with a val split.
+    It is labelled as the SALN Pet experiment so that it also fills a paper table."""
+    sweep_dir = tmp_path_factory.mktemp("report") / "sweep"
+    result = run_cli(
+        "-m", f"selector={','.join(SELECTORS)}", f"seed={','.join(map(str, SEEDS))}",
+        "trainer.epochs=2", "dataset.val_fraction=0.2", "experiment_name=saln_pets",
+        "logger=none", "trainer.progress=false", f"hydra.sweep.dir={sweep_dir}",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    return sweep_dir
+
+
+def summaries(sweep_dir: Path) -> pd.DataFrame:
+    """What each run says about itself: summary.json plus the last line of metrics.jsonl."""
+    rows = []
+    for path in sweep_dir.glob("*/summary.json"):
+        summary = json.loads(path.read_text())
+        last = json.loads((path.parent / "metrics.jsonl").read_text().splitlines()[-1])
+        rows.append({**{k: v for k, v in summary.items() if k != "config"}, **last})
+    return pd.DataFrame(rows)
+
+
+def mean_std(values: pd.Series) -> tuple[float, float]:
+    values = list(values)
+    return statistics.mean(values), statistics.stdev(values)
+
+
+@pytest.mark.slow
+def test_compare_table_matches_the_runs(sweep):
+    truth = summaries(sweep)
+    numbers = compare_table(load_runs([sweep])).numbers
+    for selector in SELECTORS:
+        runs = truth[truth["selector"] == selector]
+        for header, column in (
+            ("test acc", "final_test_acc"),
+            ("train+select s", "train_time_s"),
+            ("test loss q0.9", "test/loss_q90"),
+        ):
+            mean, std = mean_std(runs[column])
+            assert numbers.loc[LABELS[selector], (header, "mean")] == pytest.approx(mean)
+            assert numbers.loc[LABELS[selector], (header, "std")] == pytest.approx(std)
+            assert numbers.loc[LABELS[selector], (header, "n")] == len(SEEDS)
+
+
+@pytest.mark.slow
+def test_paper_table_puts_ours_beside_the_papers_and_missing_as_missing(sweep):
+    truth = summaries(sweep)
+    runs = load_runs([sweep])
+    accuracy = next(
+        s for s in specs_for({"saln_pets"}) if "accuracy (%)" in s.title and "test" not in s.title
+    )
+    table = paper_table(accuracy, runs)
+    standard = truth[truth["selector"] == "none"]
+    mean, std = mean_std(standard["final_val_acc"] * 100)
+    assert table.numbers.loc[("standard",), ("val", "mean")] == pytest.approx(mean)
+    assert table.numbers.loc[("standard",), ("val", "std")] == pytest.approx(std)
+    paper = paper_values("saln_tables").set_index(["dataset", "method"])
+    assert (
+        table.numbers.loc[("standard",), ("val", "paper")]
+        == paper.loc[("pets", "standard"), "val_acc"]
+    )
+
+    text = render(table)
+    standard_row = next(line for line in text.splitlines() if line.startswith("| standard"))
+    assert f"{mean:.2f} ± {std:.2f} (n=2)" in standard_row
+    jest_row = next(line for line in text.splitlines() if line.startswith("| jest"))
+    cells = [c.strip() for c in jest_row.strip("|").split("|")]
+    assert cells == ["jest", MISSING, "79.59", MISSING, "75.54"]  # no jest run: ours missing, not 0
+    uniform_row = next(line for line in text.splitlines() if line.startswith("| uniform"))
+    assert set(c.strip() for c in uniform_row.strip("|").split("|")[1:]) == {MISSING}
+
+
+@pytest.mark.slow
+def test_unfinished_runs_are_missing_not_zero(sweep, tmp_path):
+    copy = tmp_path / "sweep"
+    shutil.copytree(sweep, copy, ignore=shutil.ignore_patterns("report", "*.pt"))
+    identities = {p.parent: json.loads(p.read_text()) for p in copy.glob("*/summary.json")}
+    failed = next(d for d, s in identities.items() if (s["selector"], s["seed"]) == ("saln", 1))
+    (failed / "summary.json").unlink()
+    (failed / "status.json").write_text(json.dumps({"status": "failed", "error": "boom"}))
+    runs = load_runs([copy])
+    assert (runs.runs["status"] == "failed").sum() == 1
+    numbers = compare_table(runs).numbers
+    assert numbers.loc["saln", ("test acc", "n")] == 1
+    assert pd.isna(numbers.loc["saln", ("test acc", "std")])
+    text = render(compare_table(runs))
+    assert "(n=1)" in next(line for line in text.splitlines() if line.startswith("| saln"))
+
+
+@pytest.mark.slow
+def test_cli_writes_tables_csv_and_readable_figures(sweep, tmp_path, capsys):
+    out = tmp_path / "report"
+    assert cli.main([str(sweep), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "SALN Tables 1, 5: Oxford-IIIT Pet, accuracy (%)" in printed
+    assert "Selectors compared" in printed
+    assert (out / "tables.md").read_text().strip() == printed.strip()
+    runs_csv = pd.read_csv(out / "runs.csv")
+    assert len(runs_csv) == len(SELECTORS) * len(SEEDS)
+    assert {
+        "selector",
+        "seed",
+        "dataset",
+        "model",
+        "experiment",
+        "filter_ratio",
+        "batch_size",
+        "test/acc",
+    } <= set(runs_csv)
+    pngs, pdfs = sorted(out.glob("figures/*.png")), sorted(out.glob("figures/*.pdf"))
+    names = {p.stem for p in pngs}
+    assert names == {
+        f"saln_pets_{kind}" for kind in ("curves_epoch", "curves_time", "selection", "final_layer")
+    }
+    assert {p.stem for p in pdfs} == names
+    for png in pngs:
+        with Image.open(png) as image:
+            image.verify()
+        with Image.open(png) as image:
+            assert image.size[0] > 0 and image.size[1] > 0
+    for pdf in pdfs:
+        assert pdf.stat().st_size > 1000 and pdf.read_bytes().startswith(b"%PDF")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fmt", ["csv", "latex"])
+def test_other_formats(sweep, tmp_path, capsys, fmt):
+    assert (
+        cli.main(
+            [
+                str(sweep),
+                "--out",
+                str(tmp_path),
+                "--format",
+                fmt,
+                "--no-figures",
+                "--table",
+                "compare",
+            ]
+        )
+        == 0
+    )
+    printed = capsys.readouterr().out
+    if fmt == "latex":
+        assert "\\begin{tabular}" in printed and "Selectors compared" in printed
+    else:
+        body = [line for line in printed.splitlines() if line and not line.startswith("#")]
+        frame = pd.read_csv(pd.io.common.StringIO("\n".join(body)))
+        assert list(frame["method"]) == sorted(LABELS.values())
+        assert frame["test acc n"].tolist() == [len(SEEDS)] * len(SELECTORS)
+
+
+def test_wandb_offline_fails_with_one_line(monkeypatch, capsys):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    assert cli.main(["--wandb", "someone/saln-exp:sweep"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith(
+        "error: --wandb someone/saln-exp:sweep needs W&B online"
+    )
+
+
+def test_missing_directory_is_one_clear_error(tmp_path, capsys):
+    assert cli.main([str(tmp_path / "nope")]) == 2
+    assert capsys.readouterr().err.startswith("error: ")
+
+
+def test_latest_resolves_to_the_newest_sweep(tmp_path):
+    (tmp_path / "2026-01-01_00-00-00").mkdir()
+    newest = tmp_path / "2026-01-02_00-00-00"
+    newest.mkdir()
+    assert resolve_source(tmp_path / "latest") == newest
+
+
+def test_equal_budget_interpolates_each_curve_at_the_smallest_final_budget():
+    runs = pd.DataFrame({"run_id": ["a", "b"], "group": ["g", "g"]})
+    curves = pd.DataFrame(
+        {
+            "run_id": ["a", "a", "b", "b"],
+            "samples/backprop": [100, 200, 50, 100],  # b back-propagates half as much per epoch
+            "test/acc": [0.5, 0.7, 0.2, 0.6],
+        }
+    )
+    acc = equal_budget_accuracy(runs, curves, "samples/backprop")
+    assert acc.tolist() == pytest.approx([0.5, 0.6])  # both at 100 samples
+
+
+def test_montage_frames_kept_and_dropped_images():
+    images = np.zeros((5, 1, 4, 4), dtype=np.uint8)
+    kept = np.array([True, False, True, False, True])
+    grid = montage(images, kept, border=1)
+    assert grid.shape == (2 * 6, 3 * 6, 3)  # 3 columns x 2 rows of 6x6 tiles
+    assert np.allclose(grid[0, 0], [0.1, 0.7, 0.2])  # kept: green frame
+    assert np.allclose(grid[0, 6], [0.85, 0.1, 0.1])  # dropped: red frame
