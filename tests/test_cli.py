@@ -19,6 +19,7 @@ def test_help_lists_the_config_groups_and_examples():
         "scheduler:",
         "logger:",
         "prune:",
+        "experiment:",
     ):
         assert group in out.stdout
     for choice in ("digits", "cifar10", "saln", "jest", "accuracy_epoch", "resnet18_imagenet"):
