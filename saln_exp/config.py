@@ -13,6 +13,7 @@ from saln_exp.data import LOADERS
 from saln_exp.data.noise import NOISE_KINDS
 from saln_exp.errors import ConfigError
 from saln_exp.metrics import QUANTILES, RATIO_KEYS
+from saln_exp.prune import validate_prune
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 METRIC_RE = re.compile(
@@ -102,3 +103,4 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(
             f"metric={cfg.metric} needs a validation split; set dataset.val_fraction > 0"
         )
+    validate_prune(cfg)

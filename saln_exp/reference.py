@@ -20,13 +20,12 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from saln_exp.data.base import DataBundle, Split
 from saln_exp.errors import ConfigError
+from saln_exp.fit import fit
 from saln_exp.metrics import per_sample_outputs
 from saln_exp.models import build_model
-from saln_exp.optim import build_optimizer
 
 if TYPE_CHECKING:  # the selectors package imports this module: no runtime import back
     from saln_exp.selectors.base import Batch, RunContext
@@ -55,6 +54,11 @@ def reference_settings(ctx: RunContext, options: dict[str, Any]) -> dict[str, An
         "batch_size": int(options.get("batch_size") or cfg.dataset.batch_size),
         "seed": int(cfg.seed),
         "dataset": OmegaConf.to_container(cfg.dataset, resolve=True),
+        # prune=... shrinks the training split: a reference trained on it must not be reused
+        # for another subset (the dataset config alone cannot tell them apart)
+        "train_split": hashlib.sha1(ctx.data.train.indices.cpu().numpy().tobytes()).hexdigest()
+        if split == "train"
+        else None,
     }
 
 
@@ -66,32 +70,11 @@ def settings_hash(settings: dict[str, Any]) -> str:
     return hashlib.sha1(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def fit_reference(
-    model: nn.Module, split: Split, data: DataBundle, settings: dict[str, Any], device: torch.device
-) -> None:
+def fit_reference(model: nn.Module, split: Split, data: DataBundle, settings: dict[str, Any], device: torch.device) -> None:
     """Plain mini-batch SGD on the held-out split (no selection, no evaluation)."""
-    optimizer = build_optimizer(OmegaConf.create(settings["optimizer"]), model.parameters())
-    g = torch.Generator().manual_seed(settings["seed"] + 31)
-    bs = settings["batch_size"]
-    model.train()
-    for epoch in tqdm(
-        range(settings["epochs"]), desc=f"reference model on {settings['split']}", leave=False
-    ):
-        order = torch.randperm(len(split), generator=g).to(device)
-        for start in range(0, len(split), bs):
-            pos = order[start : start + bs]
-            loss = F.cross_entropy(
-                model(data.pipeline(split.images[pos], train=True)), split.targets[pos]
-            )
-            if not torch.isfinite(loss):
-                raise ConfigError(
-                    f"the reference model diverged (loss {loss.item()}) in epoch {epoch + 1}; "
-                    "lower selector.reference.optimizer.lr"
-                )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-    model.eval()
+    generator = torch.Generator().manual_seed(settings["seed"] + 31)
+    fit(model, split, data, settings, generator, desc=f"reference model on {settings['split']}",
+        lr_key="selector.reference.optimizer")  # fmt: skip
 
 
 class ReferenceLosses:

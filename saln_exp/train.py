@@ -93,6 +93,12 @@ def apply_smoke(cfg: DictConfig) -> None:
         if cfg.selector.get("features") == "pretrained":
             cfg.selector.backbone_weights = None
             cfg.selector.feature_size = None  # the backbone sees the stand-in's 32x32
+        if cfg.prune.get("name", "none") != "none":  # scoring models: one epoch, one of each
+            cfg.prune.epochs = min(int(cfg.prune.epochs), 1)
+            if "repeats" in cfg.prune:
+                cfg.prune.repeats = 1
+            if "folds" in cfg.prune:
+                cfg.prune.folds = 2
 
 
 def train(cfg: DictConfig, run_dir: Path) -> dict:

@@ -18,11 +18,12 @@ from pathlib import Path
 
 from saln_exp.report.figures import report_figures
 from saln_exp.report.load import ReportError, Runs, load_runs, load_wandb, resolve_source
+from saln_exp.report.noise import forgetting_figures, noise_table
 from saln_exp.report.paper import all_specs, specs_for
 from saln_exp.report.tables import FORMATS, Table, compare_table, paper_table, render
 
 SUFFIX = {"markdown": "md", "csv": "csv", "latex": "tex"}
-TABLE_CHOICES = ("auto", "all", "compare", "paper")
+TABLE_CHOICES = ("auto", "all", "compare", "paper", "noise")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -43,7 +44,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--table", default="auto", metavar="WHICH",
-        help=f"auto (paper tables of the experiments present + comparison), paper, compare, all, or one experiment: {', '.join(experiments)}",
+        help=f"auto (paper tables of the experiments present + comparison), paper, compare, all, noise (selector x prune against label-noise rate), or one experiment: {', '.join(experiments)}",
     )  # fmt: skip
     parser.add_argument("--format", default="markdown", choices=FORMATS)
     parser.add_argument("--out", type=Path, help="output directory (default: <first path>/report)")
@@ -76,6 +77,8 @@ def output_dir(args: argparse.Namespace) -> Path:
 def select_tables(runs: Runs, which: str, target: float | None) -> list[Table]:
     """The tables `--table` asks for, from the runs at hand."""
     present = set(runs.runs["experiment"].dropna())
+    if which == "noise":  # selector x prune rows, label-noise-rate columns
+        return [noise_table(runs.runs, runs.curves)] if len(runs.completed) else []
     if which in ("auto", "all", "paper"):
         specs = all_specs() if which == "all" else specs_for(present)
     elif which == "compare":
@@ -120,6 +123,8 @@ def main(argv: list[str] | None = None) -> int:
         written = write_outputs(runs, tables, args.format, out)
         if not args.no_figures:
             written += report_figures(runs, out / "figures")
+            if args.table == "noise":
+                written += forgetting_figures(runs.runs, out / "figures")
     except ReportError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

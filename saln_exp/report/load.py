@@ -33,6 +33,8 @@ ID_COLUMNS = [
     "scheduler",
     "epochs",
     "seed",
+    "prune",
+    "noise_rate",
 ]
 # summary.json scalars worth a column (the rest of the summary is config or bookkeeping)
 SUMMARY_COLUMNS = [
@@ -50,6 +52,11 @@ SUMMARY_COLUMNS = [
     "wall_to_target_s",
     "backprop_to_target",
     "epoch_to_target",
+    "prune/kept_frac",
+    "prune/noisy_kept_frac",
+    "prune/precision",
+    "prune/recall",
+    "prune/time_s",
 ]
 # SALN's names for its methods; ASSIST's names for its filtering modes
 SALN_METHODS = {"none": "standard", "saln": "saln", "jest": "jest", "uniform": "uniform"}
@@ -133,6 +140,8 @@ def identity(config: dict[str, Any]) -> dict[str, Any]:
         "scheduler": (config.get("scheduler") or {}).get("name"),
         "epochs": (config.get("trainer") or {}).get("epochs"),
         "seed": config.get("seed"),
+        "prune": (config.get("prune") or {}).get("name", "none"),
+        "noise_rate": float((dataset.get("label_noise") or {}).get("rate", 0.0) or 0.0),
         "smoke": bool(config.get("smoke")),
     }
 
@@ -223,10 +232,12 @@ def variant_labels(runs: pd.DataFrame) -> pd.Series:
         per_method = group.groupby(method, dropna=False)
         varying = [
             c
-            for c in ("model", "batch_size", "filter_ratio", "lr")
+            for c in ("model", "batch_size", "filter_ratio", "lr", "prune", "noise_rate")
             if (per_method[c].nunique(dropna=False) > 1).any()
         ]
-        parts = [group[method].astype(str)] + [f"{c}=" + group[c].astype(str) for c in varying]
+        # object dtype first: pandas' string dtype keeps missing values missing through astype(str)
+        text = lambda col: group[col].astype(object).fillna("—").astype(str)  # noqa: E731
+        parts = [text(method)] + [f"{c}=" + text(c) for c in varying]
         labels[group.index] = pd.concat(parts, axis=1).agg(" ".join, axis=1)
     return labels
 

@@ -1,0 +1,57 @@
+"""A plain short training loop for auxiliary models: the reference model of JEST / RHO-LOSS and
+the scoring models of the pruning methods. No selection, no evaluation, no checkpoints: the
+learner's loop is saln_exp/trainer.py."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from omegaconf import OmegaConf
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from saln_exp.data.base import DataBundle, Split
+from saln_exp.errors import NonFiniteLossError
+from saln_exp.optim import build_optimizer
+
+
+def fit(
+    model: nn.Module,
+    split: Split,
+    data: DataBundle,
+    settings: dict[str, Any],
+    generator: torch.Generator,
+    positions: Tensor | None = None,
+    on_batch: Callable[[int, Tensor, Tensor], None] | None = None,
+    desc: str = "scoring model",
+    progress: bool = False,
+    lr_key: str = "prune.optimizer.lr (null = optimizer.lr)",
+) -> nn.Module:
+    """Plain mini-batch training for `settings["epochs"]` passes over `positions` of `split`
+    (all of it when None): no selection, no evaluation. `on_batch(epoch, positions, logits)` sees
+    every training batch's own predictions (forgetting events are counted from them)."""
+    device = split.targets.device
+    positions = torch.arange(len(split), device=device) if positions is None else positions
+    optimizer = build_optimizer(OmegaConf.create(settings["optimizer"]), model.parameters())
+    bs = settings["batch_size"]
+    model.train()
+    for epoch in tqdm(range(settings["epochs"]), desc=desc, leave=False, disable=not progress):
+        order = positions[torch.randperm(len(positions), generator=generator).to(device)]
+        for start in range(0, len(order), bs):
+            pos = order[start : start + bs]
+            logits = model(data.pipeline(split.images[pos], train=True)).float()
+            loss = F.cross_entropy(logits, split.targets[pos])
+            if not torch.isfinite(loss):
+                raise NonFiniteLossError(
+                    f"the {desc} diverged (loss {loss.item()}) in epoch "
+                    f"{epoch + 1}; lower {lr_key}"
+                )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            if on_batch is not None:
+                on_batch(epoch, pos, logits.detach())
+    return model.eval()

@@ -1,0 +1,144 @@
+"""What every pruning method shares: the scoring models' recipe, an isolated random stream, one
+short training loop, the kept subset of a DataBundle, and label-noise bookkeeping.
+
+A scoring model is trained in its own random stream (`isolated_rng`), so pruning never shifts the
+learner's initialisation or batch order: a run with `prune=X` draws exactly the numbers the same
+run with `prune=none` draws once the training split is fixed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import Tensor, nn
+
+from saln_exp.data.base import DataBundle, Split
+from saln_exp.fit import fit
+from saln_exp.models import build_model
+
+# added to the seed by each method, so two methods with the same seed do not share models
+SEED_OFFSETS = {"confident_learning": 1009, "el2n": 2003, "grand": 2003, "forgetting": 3001}
+
+
+@dataclass
+class PruneResult:
+    """What a method decides: `keep` per position of `data.train`, one score per position (its
+    ranking quantity; larger = harder / more suspicious), extra per-sample arrays for
+    prune_scores.npz and a few numbers for prune.json."""
+
+    keep: np.ndarray
+    scores: np.ndarray
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def scorer_settings(cfg: DictConfig) -> dict[str, Any]:
+    """The scoring models' recipe, with the learner's choices where `prune.*` leaves them null."""
+    p = cfg.prune
+    seed = p.get("seed")
+    return {
+        "model": OmegaConf.to_container(p.get("model") or cfg.model, resolve=True),
+        "optimizer": OmegaConf.to_container(p.get("optimizer") or cfg.optimizer, resolve=True),
+        "batch_size": int(p.get("batch_size") or cfg.dataset.batch_size),
+        "epochs": int(p.get("epochs", 0)),
+        "seed": int(cfg.seed if seed is None else seed) + SEED_OFFSETS.get(p.name, 0),
+    }
+
+
+@contextmanager
+def isolated_rng(seed: int, device: torch.device) -> Iterator[None]:
+    """Seed torch, numpy and python's random inside, restore all three streams outside."""
+    devices = [device.index or 0] if device.type == "cuda" else []
+    np_state, py_state = np.random.get_state(), random.getstate()
+    try:
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed)
+            np.random.seed(seed % 2**32)
+            random.seed(seed)
+            yield
+    finally:
+        np.random.set_state(np_state)
+        random.setstate(py_state)
+
+
+def new_model(settings: dict[str, Any], data: DataBundle, device: torch.device) -> nn.Module:
+    return build_model(OmegaConf.create(settings["model"]), data.in_shape, data.num_classes).to(
+        device
+    )
+
+
+def subset_train(data: DataBundle, positions: Tensor | np.ndarray) -> DataBundle:
+    """The same data with the training split reduced to `positions` (sorted; dataset indices,
+    labels and clean labels travel with the samples; `noisy` stays keyed by source index)."""
+    positions = torch.as_tensor(positions, dtype=torch.long, device=data.train.targets.device)
+    positions = torch.sort(positions).values
+    clean = data.clean_targets[positions] if data.clean_targets is not None else None
+    return dataclasses.replace(data, train=data.train.take(positions), clean_targets=clean)
+
+
+def noisy_mask(data: DataBundle) -> np.ndarray:
+    """Per position of `data.train`: was this label corrupted on purpose?"""
+    if len(data.noisy) == 0:
+        return np.zeros(len(data.train), dtype=bool)
+    return data.noisy[data.train.indices].cpu().numpy().astype(bool)
+
+
+def noise_stats(noisy: np.ndarray, keep: np.ndarray) -> dict[str, float]:
+    """How the pruning met the injected label errors: precision = noisy among the dropped,
+    recall = dropped among the noisy, and the noisy share of what is left to train on."""
+    dropped = ~keep
+    noisy_dropped = int((noisy & dropped).sum())
+    n_dropped, n_noisy, n_kept = int(dropped.sum()), int(noisy.sum()), int(keep.sum())
+    precision = noisy_dropped / n_dropped if n_dropped else float("nan")
+    return {
+        "n_noisy": n_noisy,
+        "noisy_dropped": noisy_dropped,
+        "precision": precision,
+        "recall": noisy_dropped / n_noisy if n_noisy else float("nan"),
+        "noisy_dropped_frac": precision,  # noisy share of the dropped samples
+        "noisy_kept_frac": int((noisy & keep).sum()) / n_kept if n_kept else float("nan"),
+        "noisy_frac_before": n_noisy / len(noisy) if len(noisy) else float("nan"),
+    }
+
+
+def drop_by_score(scores: np.ndarray, fraction: float, drop: str) -> np.ndarray:
+    """Keep mask that removes `int(fraction * n)` samples: the lowest scores (`easy`, Paul et al.'s
+    default) or the highest (`hard`). Ties go by position, so the result is deterministic."""
+    n = len(scores)
+    n_drop = int(fraction * n)
+    order = np.lexsort((np.arange(n), scores if drop == "easy" else -scores))
+    keep = np.ones(n, dtype=bool)
+    keep[order[:n_drop]] = False
+    return keep
+
+
+def average_over_inits(
+    cfg: DictConfig,
+    data: DataBundle,
+    device: torch.device,
+    score: Callable[[nn.Module, Split, DataBundle, int], Tensor],
+    desc: str,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Paul et al. 2021: train `prune.repeats` independently initialised models for
+    `prune.epochs` epochs (0 = score at initialisation) on the whole training split, score every
+    sample with each, and average. Returns (mean score, scores per repeat)."""
+    settings = scorer_settings(cfg)
+    per_repeat = []
+    for r in range(int(cfg.prune.repeats)):
+        seed = settings["seed"] + r
+        with isolated_rng(seed, device):
+            model = new_model(settings, data, device)
+            g = torch.Generator().manual_seed(seed)
+            fit(model, data.train, data, settings, g, desc=f"{desc} model {r + 1}",
+                progress=bool(cfg.trainer.get("progress", False)))  # fmt: skip
+            per_repeat.append(score(model, data.train, data, int(cfg.eval.batch_size)).cpu())
+    stacked = torch.stack(per_repeat).double().numpy()
+    return stacked.mean(0), stacked
