@@ -127,7 +127,7 @@ class Trainer:
         self.epochs = int(cfg.trainer.epochs)
         self.batch_size = int(cfg.dataset.batch_size)
         self.candidate_batch_size = int(cfg.selector.get("candidate_batch_size") or self.batch_size)
-        self.loss_diagnostics = bool(cfg.selector.get("loss_diagnostics", True))
+        self.loss_diagnostics = bool(cfg.selector.get("loss_diagnostics", False))
 
         self.optimizer = build_optimizer(cfg.optimizer, model.parameters())
         self.scheduler = build_scheduler(cfg.scheduler, self.optimizer)
@@ -249,9 +249,9 @@ class Trainer:
                     self.data.noisy[batch.index[selection.positions]].float().mean().item()
                 )
                 values["noisy_batch_frac"] = self.data.noisy[batch.index].float().mean().item()
-            if self.loss_diagnostics and (
-                view.has("losses") or len(selection.positions) < len(batch)
-            ):
+            # free when the selector already looked at losses; otherwise an extra forward, on request
+            dropped_some = len(selection.positions) < len(batch)
+            if view.has("losses") or (self.loss_diagnostics and dropped_some):
                 losses = view.losses
                 dropped = torch.ones(len(batch), dtype=torch.bool, device=losses.device)
                 dropped[selection.positions] = False

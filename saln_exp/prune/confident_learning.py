@@ -15,8 +15,6 @@ import warnings
 
 import numpy as np
 import torch
-from cleanlab.filter import find_label_issues
-from cleanlab.rank import get_label_quality_scores
 from omegaconf import DictConfig, OmegaConf
 from sklearn.model_selection import KFold, StratifiedKFold
 
@@ -73,6 +71,10 @@ def out_of_sample_probs(
 
 
 def prune(cfg: DictConfig, data: DataBundle, device: torch.device) -> PruneResult:
+    # imported here: cleanlab pulls in a large dependency tree every run would otherwise load
+    from cleanlab.filter import find_label_issues
+    from cleanlab.rank import get_label_quality_scores
+
     p = cfg.prune
     probs, fold_id = out_of_sample_probs(cfg, data, device)
     labels = data.train.targets.cpu().numpy()

@@ -235,11 +235,15 @@ def variant_labels(runs: pd.DataFrame) -> pd.Series:
             for c in ("model", "batch_size", "filter_ratio", "lr", "prune", "noise_rate")
             if (per_method[c].nunique(dropna=False) > 1).any()
         ]
-        # object dtype first: pandas' string dtype keeps missing values missing through astype(str)
-        text = lambda col: group[col].astype(object).fillna("—").astype(str)  # noqa: E731
-        parts = [text(method)] + [f"{c}=" + text(c) for c in varying]
+        parts = [as_text(group[method])] + [f"{c}=" + as_text(group[c]) for c in varying]
         labels[group.index] = pd.concat(parts, axis=1).agg(" ".join, axis=1)
     return labels
+
+
+def as_text(column: pd.Series) -> pd.Series:
+    """Strings for labels; object dtype first, because pandas' string dtype keeps missing values
+    missing through astype(str)."""
+    return column.astype(object).fillna("—").astype(str)
 
 
 def method_column(runs: pd.DataFrame) -> str:
