@@ -46,8 +46,7 @@ def fit(
             loss = F.cross_entropy(logits, split.targets[pos])
             if not torch.isfinite(loss):
                 raise NonFiniteLossError(
-                    f"the {desc} diverged (loss {loss.item()}) in epoch "
-                    f"{epoch + 1}; lower {lr_key}"
+                    f"the {desc} diverged (loss {loss.item()}) in epoch {epoch + 1}; lower {lr_key}"
                 )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

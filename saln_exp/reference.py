@@ -70,7 +70,9 @@ def settings_hash(settings: dict[str, Any]) -> str:
     return hashlib.sha1(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def fit_reference(model: nn.Module, split: Split, data: DataBundle, settings: dict[str, Any], device: torch.device) -> None:
+def fit_reference(
+    model: nn.Module, split: Split, data: DataBundle, settings: dict[str, Any], device: torch.device
+) -> None:
     """Plain mini-batch SGD on the held-out split (no selection, no evaluation)."""
     generator = torch.Generator().manual_seed(settings["seed"] + 31)
     fit(model, split, data, settings, generator, desc=f"reference model on {settings['split']}",

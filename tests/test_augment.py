@@ -88,7 +88,9 @@ def per_sample_stats(o: torch.Tensor) -> dict[str, torch.Tensor]:
     stats["contrast"] = o.mean(1).std(dim=(1, 2))
     stats["saturation"] = (o.amax(1) - o.amin(1)).mean(dim=(1, 2))
     stats["black_fraction"] = (o.amax(1) == 0).float().mean(dim=(1, 2))  # padding / corners
-    stats["left_minus_right"] = o[..., : o.shape[-1] // 2].mean((1, 2, 3)) - o[..., o.shape[-1] // 2 :].mean((1, 2, 3))
+    stats["left_minus_right"] = o[..., : o.shape[-1] // 2].mean((1, 2, 3)) - o[
+        ..., o.shape[-1] // 2 :
+    ].mean((1, 2, 3))
     return stats
 
 
@@ -223,7 +225,9 @@ def test_crop_shifts_at_most_four_pixels():
     crop_t = component(assist_cifar_per_sample(), T.RandomCrop)
     out_t = torch.stack([crop_t(x[0]) for _ in range(n)])
     for shifts in (_shifts(out_k), _shifts(out_t)):
-        assert int(shifts.abs().max()) == 4  # never more than the padding, and the full range is used
+        assert (
+            int(shifts.abs().max()) == 4
+        )  # never more than the padding, and the full range is used
         assert int(shifts.min()) == -4
         assert len({tuple(s) for s in shifts.tolist()}) > 60  # of 81 possible; per-sample offsets
         assert abs(shifts.float().mean().item()) < 0.5  # centred: sd of a mean of 400 is ~0.13

@@ -31,8 +31,12 @@ def write_mnist(data_dir: Path, n_train: int = 12, n_test: int = 7, seed: int = 
     for split, n in (("train", n_train), ("t10k", n_test)):
         images = rng.integers(1, 256, size=(n, 28, 28), dtype=np.uint8)  # no zeros: padding shows
         labels = rng.integers(0, 10, size=n, dtype=np.uint8)
-        (raw / f"{split}-images-idx3-ubyte").write_bytes(struct.pack(">IIII", 2051, n, 28, 28) + images.tobytes())
-        (raw / f"{split}-labels-idx1-ubyte").write_bytes(struct.pack(">II", 2049, n) + labels.tobytes())
+        (raw / f"{split}-images-idx3-ubyte").write_bytes(
+            struct.pack(">IIII", 2051, n, 28, 28) + images.tobytes()
+        )
+        (raw / f"{split}-labels-idx1-ubyte").write_bytes(
+            struct.pack(">II", 2049, n) + labels.tobytes()
+        )
         out[split] = (images, labels)
     return out
 
@@ -91,7 +95,9 @@ def write_pets(data_dir: Path, per_class: dict[str, int] | None = None) -> dict:
                 counter += 1
                 image_id = f"{breed}_{counter}"
                 w, h = sizes[counter % len(sizes)]
-                PIL.Image.new("RGB", (w, h), COLOURS[c]).save(base / "images" / f"{image_id}.jpg", quality=95)
+                PIL.Image.new("RGB", (w, h), COLOURS[c]).save(
+                    base / "images" / f"{image_id}.jpg", quality=95
+                )
                 species = 1 if breed[0].isupper() else 2
                 lines.append(f"{image_id} {c + 1} {species} {c + 1}")
                 labels.append(c)
@@ -206,12 +212,17 @@ def test_pets_decoded_tensor_cache_is_written_then_reused(make_cfg, monkeypatch)
     write_pets(Path(cfg.paths.data_dir))
     opened = []
     real_open = PIL.Image.open
-    monkeypatch.setattr(PIL.Image, "open", lambda *a, **k: opened.append(a[0]) or real_open(*a, **k))
+    monkeypatch.setattr(
+        PIL.Image, "open", lambda *a, **k: opened.append(a[0]) or real_open(*a, **k)
+    )
 
     first = build_data(cfg.dataset, cfg.paths)
     assert len(opened) == 12 + 6
     caches = sorted((Path(cfg.paths.cache_dir) / "datasets").glob("*.pt"))
-    assert [p.name.split("_")[:3] for p in caches] == [["pets", "test", "32"], ["pets", "trainval", "32"]]
+    assert [p.name.split("_")[:3] for p in caches] == [
+        ["pets", "test", "32"],
+        ["pets", "trainval", "32"],
+    ]
     stamps = [p.stat().st_mtime_ns for p in caches]
     assert all(p.suffix == ".pt" for p in caches[0].parent.iterdir())  # no temporary left behind
 
@@ -251,7 +262,9 @@ def restore_torch_determinism():
 
 
 @pytest.mark.parametrize("name", ["mnist", "cifar10", "cifar100", "pets"])
-def test_missing_dataset_exits_2_with_one_line(make_cfg, tmp_path, capsys, restore_torch_determinism, name):
+def test_missing_dataset_exits_2_with_one_line(
+    make_cfg, tmp_path, capsys, restore_torch_determinism, name
+):
     from saln_exp.train import run
 
     empty = tmp_path / "empty"
@@ -274,7 +287,10 @@ def test_missing_dataset_cli(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
     proc = run_cli(
-        "dataset=cifar100", f"paths.data_dir={empty}", f"paths.log_dir={tmp_path / 'logs'}", "logger=none",
+        "dataset=cifar100",
+        f"paths.data_dir={empty}",
+        f"paths.log_dir={tmp_path / 'logs'}",
+        "logger=none",
     )
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
@@ -304,12 +320,20 @@ def test_digits_shapes_and_values(make_cfg):
 
 
 def test_synthetic_like_takes_shape_and_classes(make_cfg):
-    for like, shape, classes in (("cifar10", (3, 32, 32), 10), ("cifar100", (3, 32, 32), 100), ("mnist", (1, 32, 32), 10)):
-        cfg = make_cfg("dataset=synthetic", f"dataset.like={like}", "dataset.n_train=200", "dataset.n_test=100")
+    for like, shape, classes in (
+        ("cifar10", (3, 32, 32), 10),
+        ("cifar100", (3, 32, 32), 100),
+        ("mnist", (1, 32, 32), 10),
+    ):
+        cfg = make_cfg(
+            "dataset=synthetic", f"dataset.like={like}", "dataset.n_train=200", "dataset.n_test=100"
+        )
         data = build_data(cfg.dataset, cfg.paths)
         assert data.in_shape == shape and data.num_classes == classes
         assert data.train.targets.max() < classes and data.test.images.shape[1:] == shape
-    cfg = make_cfg("dataset=synthetic", "dataset.channels=2", "dataset.image_size=5", "dataset.num_classes=4")
+    cfg = make_cfg(
+        "dataset=synthetic", "dataset.channels=2", "dataset.image_size=5", "dataset.num_classes=4"
+    )
     data = build_data(cfg.dataset, cfg.paths)
     assert data.in_shape == (2, 5, 5) and data.num_classes == 4
     assert torch.bincount(data.train.targets).tolist() == [128] * 4  # balanced classes
@@ -366,7 +390,9 @@ def test_synthetic_unknown_like_is_a_config_error(make_cfg):
 def test_synthetic_is_deterministic_per_split_seed(make_cfg):
     cfg = make_cfg("dataset=synthetic")
     a, b = build_data(cfg.dataset, cfg.paths), build_data(cfg.dataset, cfg.paths)
-    assert torch.equal(a.train.images, b.train.images) and torch.equal(a.test.targets, b.test.targets)
+    assert torch.equal(a.train.images, b.train.images) and torch.equal(
+        a.test.targets, b.test.targets
+    )
     with open_dict(cfg):
         cfg.dataset.split_seed = 3
     assert not torch.equal(build_data(cfg.dataset, cfg.paths).train.images, a.train.images)
@@ -400,7 +426,9 @@ def test_label_noise_exact_per_class_reproducible_and_recorded(make_cfg, kind):
         assert (new != old).all() and len(set((new - old).remainder(10).tolist())) > 3
     # reproducible for the same split_seed, different for another
     again = build_data(cfg.dataset, cfg.paths)
-    assert torch.equal(again.train.targets, data.train.targets) and torch.equal(again.noisy, data.noisy)
+    assert torch.equal(again.train.targets, data.train.targets) and torch.equal(
+        again.noisy, data.noisy
+    )
     with open_dict(cfg):
         cfg.dataset.split_seed = 5
     other = build_data(cfg.dataset, cfg.paths)
@@ -436,7 +464,9 @@ def test_unequal_class_sizes_round_per_class():
         corrupt_labels(targets, 3, 0.3, "bogus", seed=1)
 
 
-def test_cifar_saln_policy_uses_imagenet_statistics_and_resizes_batches_on_the_device(make_cfg, no_cifar_md5):
+def test_cifar_saln_policy_uses_imagenet_statistics_and_resizes_batches_on_the_device(
+    make_cfg, no_cifar_md5
+):
     cfg = make_cfg("dataset=cifar10", "dataset.augment_policy=saln", "dataset.image_size=64")
     write_cifar(Path(cfg.paths.data_dir), "cifar10")
     data = build_data(cfg.dataset, cfg.paths)

@@ -11,7 +11,13 @@ import torch
 from saln_exp.train import run
 from saln_exp.trainer import autocast_factory
 
-BASE = ("selector=uniform", "selector.filter_ratio=0.5", "model=lenet", "trainer.epochs=3", "dataset.batch_size=64")
+BASE = (
+    "selector=uniform",
+    "selector.filter_ratio=0.5",
+    "model=lenet",
+    "trainer.epochs=3",
+    "dataset.batch_size=64",
+)
 
 
 def final_metrics(make_cfg, tmp_path, name, *overrides):

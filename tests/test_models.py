@@ -23,9 +23,16 @@ CASES = [
         for h in (100, 1000, 3000)
         for s, c in CIFAR_SHAPES
     ],
-    *[pytest.param("resnet18", {}, s, c, id=f"resnet18-{s[0]}x{s[1]}-{c}") for s, c in CIFAR_SHAPES],
-    pytest.param("resnet18_imagenet", {"pretrained": False}, (3, 224, 224), 37, id="resnet18_imagenet-pets"),
-    pytest.param("resnet18_imagenet", {"pretrained": False}, (1, 32, 32), 10, id="resnet18_imagenet-gray"),
+    *[
+        pytest.param("resnet18", {}, s, c, id=f"resnet18-{s[0]}x{s[1]}-{c}")
+        for s, c in CIFAR_SHAPES
+    ],
+    pytest.param(
+        "resnet18_imagenet", {"pretrained": False}, (3, 224, 224), 37, id="resnet18_imagenet-pets"
+    ),
+    pytest.param(
+        "resnet18_imagenet", {"pretrained": False}, (1, 32, 32), 10, id="resnet18_imagenet-gray"
+    ),
 ]
 
 
@@ -109,7 +116,13 @@ def test_gradients_reach_the_input_layer(name):
     ],
 )
 def test_channels_and_classes_come_from_the_data(make_cfg, like, model, shape, classes):
-    cfg = make_cfg(f"model={model}", "dataset=synthetic", f"dataset.like={like}", "dataset.n_train=8", "dataset.n_test=4")
+    cfg = make_cfg(
+        f"model={model}",
+        "dataset=synthetic",
+        f"dataset.like={like}",
+        "dataset.n_train=8",
+        "dataset.n_test=4",
+    )
     data = build_data(cfg.dataset, cfg.paths)
     net = build_model(cfg.model, data.in_shape, data.num_classes).eval()
     x = data.pipeline(data.test.images, train=False)
@@ -207,4 +220,6 @@ def test_pretrained_loads_cached_weights_with_a_new_head(torch_home, make_cfg):
     gray = build_model(cfg.model, (1, 64, 64), 10).eval()
     with torch.no_grad():
         g = torch.rand(2, 1, 64, 64)
-        torch.testing.assert_close(gray.backbone.conv1(g), model.backbone.conv1(g.repeat(1, 3, 1, 1)))
+        torch.testing.assert_close(
+            gray.backbone.conv1(g), model.backbone.conv1(g.repeat(1, 3, 1, 1))
+        )

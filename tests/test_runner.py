@@ -34,7 +34,12 @@ def quick(make_cfg):
 
     def _run(*overrides):
         cfg = make_cfg(
-            "selector=none", "model=fcnet", "model.hidden=64", "dataset.image_size=8", "trainer.epochs=2", *overrides
+            "selector=none",
+            "model=fcnet",
+            "model.hidden=64",
+            "dataset.image_size=8",
+            "trainer.epochs=2",
+            *overrides,
         )
         value = run(cfg)
         return cfg, value

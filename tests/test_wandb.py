@@ -11,7 +11,13 @@ import wandb
 from saln_exp.train import run
 from wandb_records import history, run_info, summary
 
-FAST = ("selector=none", "model=fcnet", "model.hidden=32", "dataset.image_size=8", "trainer.epochs=2")
+FAST = (
+    "selector=none",
+    "model=fcnet",
+    "model.hidden=32",
+    "dataset.image_size=8",
+    "trainer.epochs=2",
+)
 
 
 def wandb_file(run_dir):
@@ -30,7 +36,12 @@ def test_offline_run_is_readable_and_matches_local_metrics(make_cfg, tmp_path, c
     rows = history(path)
     logged = [r for r in rows if "test/acc" in r]
     assert [r["epoch"] for r in logged] == [1, 2]
-    figures = [k for r in rows for k in r if k.startswith("curves") or "final_layer" in k or "selection" in k]
+    figures = [
+        k
+        for r in rows
+        for k in r
+        if k.startswith("curves") or "final_layer" in k or "selection" in k
+    ]
     assert figures, "the run's figures are logged to W&B"
     for ours, theirs in zip(local, logged, strict=True):
         assert theirs["test/acc"] == pytest.approx(ours["test/acc"])

@@ -67,14 +67,26 @@ class ImageNetResNet18(nn.Module):
 
     min_size = 32
 
-    def __init__(self, in_channels: int, num_classes: int, image_size: int, pretrained: bool = False, download: bool = False):
+    def __init__(
+        self,
+        in_channels: int,
+        num_classes: int,
+        image_size: int,
+        pretrained: bool = False,
+        download: bool = False,
+    ):
         super().__init__()
         net = torchvision.models.resnet18(weights=None)
         if pretrained:
             weights = torchvision.models.ResNet18_Weights.IMAGENET1K_V1
             net.load_state_dict(pretrained_state_dict(weights, "resnet18", download))
-        if in_channels != 3:  # grayscale: sum the RGB filters, the usual way to keep pretrained stems
-            w = net.conv1.weight.detach().sum(dim=1, keepdim=True).repeat(1, in_channels, 1, 1) / in_channels
+        if (
+            in_channels != 3
+        ):  # grayscale: sum the RGB filters, the usual way to keep pretrained stems
+            w = (
+                net.conv1.weight.detach().sum(dim=1, keepdim=True).repeat(1, in_channels, 1, 1)
+                / in_channels
+            )
             net.conv1 = nn.Conv2d(in_channels, 64, 7, stride=2, padding=3, bias=False)
             with torch.no_grad():
                 net.conv1.weight.copy_(w)
