@@ -21,15 +21,16 @@ class ForgettingTracker:
         self.learned = torch.zeros(size, dtype=torch.bool, device=device)
         self.presented = torch.zeros(size, dtype=torch.int32, device=device)
 
-    def update(self, index: Tensor, correct: Tensor) -> int:
-        """Record one presentation per index; returns the number of forgetting events it caused."""
+    def update(self, index: Tensor, correct: Tensor) -> Tensor:
+        """Record one presentation per index; returns the number of forgetting events it caused
+        (a 0-d tensor on the tracker's device: no host synchronisation per training step)."""
         now = correct.to(torch.int8)
         forgotten = (self.last[index] == 1) & (now == 0)
         self.events.index_add_(0, index, forgotten.to(torch.int32))
         self.learned[index] |= now.bool()
         self.presented.index_add_(0, index, torch.ones_like(index, dtype=torch.int32))
         self.last[index] = now
-        return int(forgotten.sum())
+        return forgotten.sum()
 
     def summary(self, indices: Tensor) -> dict[str, float]:
         """Numbers over the given (training) indices."""

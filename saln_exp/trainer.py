@@ -139,6 +139,9 @@ class Trainer:
         self.timers = Timers(sync=device.type == "cuda")
         self.data_generator = torch.Generator().manual_seed(int(cfg.seed) + 1)
         self.progress = Progress()
+        # loss sum, correct count, forgetting events of the batches since the last `flush`
+        sums_dtype = torch.float32 if device.type == "mps" else torch.float64  # mps has no float64
+        self.pending = torch.zeros(3, dtype=sums_dtype, device=device)
         self.checkpoints = Checkpoints(self.run_dir)
         self.ctx = RunContext(
             cfg=cfg,
@@ -200,6 +203,7 @@ class Trainer:
                 p.cursor % int(self.cfg.trainer.get("log_every_steps", 10)) == 0
                 or p.cursor == n_batches
             ):
+                self.flush()
                 bar.set_postfix(self._live_numbers(), refresh=False)
             if (
                 every
@@ -305,23 +309,36 @@ class Trainer:
             with self.autocast():
                 logits = self.train_forward(batch.x)
             loss = F.cross_entropy(logits.float(), batch.y)
-            if not torch.isfinite(loss):
-                raise NonFiniteLossError(
-                    f"loss became {loss.item()} at epoch {p.epoch + 1}, step {p.steps + 1}; "
-                    f"lower optimizer.lr (now {self.cfg.optimizer.lr}) or check the data"
-                )
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
             self.scaler.step(self.optimizer)
             self.scaler.update()
             correct = logits.detach().argmax(1) == batch.y
-            stats.forget_events += self.forgetting.update(batch.index, correct)
-            stats.loss_sum += loss.item() * len(batch)
-            stats.correct += int(correct.sum())
+            forgotten = self.forgetting.update(batch.index, correct)
+            # summed on the device; read back (one synchronisation) every few batches in `flush`
+            sums = torch.stack([loss.detach() * len(batch), correct.sum(), forgotten])
+            self.pending += sums.to(self.pending.dtype)
         stats.steps += 1
         stats.backprop += len(batch)
         p.steps += 1
         p.backprop += len(batch)
+
+    def flush(self) -> None:
+        """Move the device-side sums into the epoch's counts; stop on a non-finite loss.
+
+        Called every `trainer.log_every_steps` batches and before checkpoints and evaluation, so
+        a GPU is not made to wait for the host after every step."""
+        loss_sum, correct, forgotten = self.pending.tolist()
+        self.pending.zero_()
+        p = self.progress
+        if not np.isfinite(loss_sum):
+            raise NonFiniteLossError(
+                f"loss became {loss_sum} in epoch {p.epoch + 1} (by step {p.steps}); "
+                f"lower optimizer.lr (now {self.cfg.optimizer.lr}) or check the data"
+            )
+        p.epoch_stats.loss_sum += loss_sum
+        p.epoch_stats.correct += int(correct)
+        p.epoch_stats.forget_events += int(forgotten)
 
     def _live_numbers(self) -> dict[str, str]:
         s = self.progress.epoch_stats
@@ -333,6 +350,7 @@ class Trainer:
 
     # -- end of epoch ------------------------------------------------------------------------------
     def end_epoch(self) -> None:
+        self.flush()
         p = self.progress
         if self.scheduler is not None:
             self.scheduler.step()
@@ -418,6 +436,7 @@ class Trainer:
         }
 
     def save_checkpoint(self) -> None:
+        self.flush()
         # fold the clocks in, so a resumed run continues them instead of restarting them
         for phase, seconds in self.timers.reset().items():
             self.progress.seconds[phase] = self.progress.seconds.get(phase, 0.0) + seconds
