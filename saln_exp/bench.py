@@ -56,8 +56,8 @@ from saln_exp import PROJECT_ROOT
 from saln_exp.config import resolve_device
 from saln_exp.data import build_data
 from saln_exp.data.augment import assist_cifar_batched, assist_cifar_per_sample
-from saln_exp.data.base import BatchPipeline, DataBundle
-from saln_exp.features import IMAGENET_MEAN, IMAGENET_STD, FeatureStore, build_backbone
+from saln_exp.data.base import IMAGENET_MEAN, IMAGENET_STD, BatchPipeline, DataBundle
+from saln_exp.features import FeatureStore, build_backbone
 from saln_exp.models import build_model
 from saln_exp.optim import build_optimizer
 from saln_exp.paper_algorithms import saln_algorithm1

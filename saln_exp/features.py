@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from saln_exp.data.base import DataBundle
+from saln_exp.data.base import IMAGENET_MEAN, IMAGENET_STD, DataBundle
 from saln_exp.models.weights import pretrained_state_dict
 
 log = logging.getLogger(__name__)
@@ -30,8 +30,6 @@ BACKBONES = {
     "resnet50": (torchvision.models.resnet50, torchvision.models.ResNet50_Weights),
     "resnet18": (torchvision.models.resnet18, torchvision.models.ResNet18_Weights),
 }
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 # dataset options that do not change the pixels of the source training set
 NOT_CONTENT = {"batch_size", "val_fraction", "label_noise", "download", "augment"}
 

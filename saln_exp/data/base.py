@@ -19,6 +19,11 @@ from saln_exp.data.noise import corrupt_labels
 from saln_exp.errors import ConfigError
 
 
+# torchvision's ImageNet statistics: SALN normalises with them, and the pretrained backbones expect them
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
 @dataclass
 class SourceData:
     """A dataset as read from disk: images not normalised (uint8 0-255 or float 0-1)."""

@@ -14,11 +14,10 @@ from omegaconf import DictConfig
 from torchvision.datasets import CIFAR10, CIFAR100
 
 from saln_exp.data.augment import assist_cifar_batched, saln_pets_batched
-from saln_exp.data.base import SourceData
+from saln_exp.data.base import IMAGENET_MEAN, IMAGENET_STD, SourceData
 from saln_exp.data.fetch import open_torchvision
 from saln_exp.errors import ConfigError
 
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 POLICIES = {"assist": assist_cifar_batched, "saln": saln_pets_batched}
 
 VARIANTS = {

@@ -17,10 +17,9 @@ from torchvision.transforms import v2 as T
 from tqdm import tqdm
 
 from saln_exp.data.augment import saln_pets_batched
-from saln_exp.data.base import SourceData
+from saln_exp.data.base import IMAGENET_MEAN, IMAGENET_STD, SourceData
 from saln_exp.data.fetch import open_torchvision
 
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 def load(cfg: DictConfig, data_dir: str, cache_dir: str | None = None) -> SourceData:
