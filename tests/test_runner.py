@@ -28,19 +28,22 @@ def without_time(rows: list[dict]) -> list[dict]:
     return [{k: v for k, v in r.items() if k not in TIME_KEYS} for r in rows]
 
 
+# a 2-epoch run on digits with an 8x8 fcnet, training on every sample: a second or two
+QUICK = (
+    "selector=none",
+    "model=fcnet",
+    "model.hidden=64",
+    "dataset.image_size=8",
+    "trainer.epochs=2",
+)
+
+
 @pytest.fixture
 def quick(make_cfg):
     """A 2-epoch run on digits with an 8x8 fcnet: a second or two."""
 
     def _run(*overrides):
-        cfg = make_cfg(
-            "selector=none",
-            "model=fcnet",
-            "model.hidden=64",
-            "dataset.image_size=8",
-            "trainer.epochs=2",
-            *overrides,
-        )
+        cfg = make_cfg(*QUICK, *overrides)
         value = run(cfg)
         return cfg, value
 
@@ -117,14 +120,7 @@ def test_logged_test_metrics_match_a_numpy_evaluation_of_the_saved_model(quick, 
 
 def test_same_seed_same_metrics_other_seed_other_metrics(make_cfg, tmp_path):
     def metrics(seed, name):
-        cfg = make_cfg(
-            "selector=none",
-            "model=fcnet",
-            "model.hidden=64",
-            "dataset.image_size=8",
-            "trainer.epochs=2",
-            f"seed={seed}",
-        )
+        cfg = make_cfg(*QUICK, f"seed={seed}")
         cfg.paths.output_dir = str(tmp_path / name)
         run(cfg)
         return without_time(read_metrics(tmp_path / name))
