@@ -227,7 +227,7 @@ class Trainer:
                 batch.x = batch.x.contiguous(memory_format=torch.channels_last)
         with self.timers("select"):
             view = BatchView(batch, self.model, self.sources, self.autocast)
-            selection = self.selector.select(batch, view)
+            selection = self.selector.select(batch, view, accumulating=self.accumulator is not None)
         self.record_selection(batch, view, selection)
         if self.progress.epoch == 0 and self.progress.cursor == int(
             self.cfg.trainer.get("example_batch", 0)

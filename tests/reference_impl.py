@@ -96,23 +96,30 @@ def rho_loss(learner_losses, reference_losses, k):
     return sorted(np.argsort(-reducible, kind="stable")[:k].tolist())
 
 
-def jest_joint_sampling(learner_losses, reference_losses, k, n_chunks, rng):
-    """JEST's chunked joint sampling (Evans et al. 2024, Algorithm 1) on the score matrix
-    s_ij = l_i - r_j; first chunk uniform, then softmax of diag + row + column sums over the
-    sampled set, without replacement."""
+def jest_joint_sampling(learner_losses, reference_losses, k, n_chunks, rng, first_uniform=False):
+    """JEST (Evans et al. 2024, Algorithm 1) for a per-sample loss, transcribed from the text.
+
+    JEST's scores are learner minus reference loss of the same pair of a batch-level loss; a
+    per-sample loss has no pair (i, j != i) terms, so the score matrix is diag(l - r) and the
+    conditional logits of every unchosen sample are its own learnability. Chunk by chunk: draw
+    `size` samples without replacement from softmax(learnability) over the unchosen ones. The
+    first chunk is drawn the same way (`random.choice(logits_ii, n_draws)`) unless
+    `first_uniform`. k is split over the chunks as evenly as possible, larger chunks first."""
     n = len(learner_losses)
-    scores = learner_losses[:, None] - reference_losses[None, :]
+    learnability = np.asarray(learner_losses, dtype=float) - np.asarray(
+        reference_losses, dtype=float
+    )
     sizes = [k // n_chunks + (1 if c < k % n_chunks else 0) for c in range(n_chunks)]
-    sizes = [s for s in sizes if s > 0]
-    logits_ii = np.diag(scores)
-    inds = rng.choice(n, size=sizes[0], replace=False).tolist()
-    for size in sizes[1:]:
-        is_sampled = np.zeros(n)
-        is_sampled[inds] = 1
-        logits_ij = np.sum(scores * is_sampled.reshape(n, 1), axis=0)
-        logits_ji = np.sum(scores * is_sampled.reshape(1, n), axis=1)
-        logits = logits_ii + logits_ij + logits_ji
-        candidates = np.flatnonzero(is_sampled == 0)
-        p = np.exp(logits[candidates] - logits[candidates].max())
-        inds += rng.choice(candidates, size=size, replace=False, p=p / p.sum()).tolist()
-    return sorted(inds)
+    chosen = []
+    for number, size in enumerate(s for s in sizes if s > 0):
+        candidates = [j for j in range(n) if j not in chosen]
+        if number == 0 and first_uniform:
+            chosen += rng.choice(candidates, size=size, replace=False).tolist()
+            continue
+        for _ in range(size):  # without replacement = one draw at a time from what is left
+            logits = np.array([learnability[j] for j in candidates])
+            p = np.exp(logits - logits.max())
+            pick = candidates[int(rng.choice(len(candidates), p=p / p.sum()))]
+            chosen.append(pick)
+            candidates.remove(pick)
+    return sorted(chosen)

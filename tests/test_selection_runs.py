@@ -44,6 +44,27 @@ def test_accumulation_trains_exactly_batch_size_every_step(make_cfg, tmp_path):
     assert all(r["select/raw_batches_per_step"] >= 1 for r in rows if r["optim/steps"])
 
 
+def test_accumulation_never_falls_back_and_keeps_only_the_errors(make_cfg, tmp_path):
+    """Small raw batches of a model that gets most digits right: many hold no error at all. With
+    accumulation those add nothing (ASSIST 3.3.2), so the kept fraction is the error rate and no
+    uniform fallback is ever drawn."""
+    run(
+        make_cfg(
+            *SMALL,
+            "selector=accuracy",
+            "dataset.batch_size=32",
+            "selector.candidate_batch_size=8",
+            "trainer.epochs=4",
+        )
+    )
+    rows = metrics_of(tmp_path / "run")
+    assert all(r["select/fallbacks"] == 0 for r in rows)
+    late = rows[-1]
+    assert late["train/acc"] > 0.8  # most raw batches of 8 are error-free by now
+    assert late["select/kept_frac"] == pytest.approx(late["select/error_frac"], abs=0.01)
+    assert late["select/raw_batches_per_step"] > 4  # 32 errors take many raw batches of 8
+
+
 def test_without_accumulation_filters_train_on_variable_batches(make_cfg, tmp_path):
     run(make_cfg(*SMALL, "selector=accuracy", "selector.accumulate=false", "trainer.epochs=2"))
     rows = metrics_of(tmp_path / "run")

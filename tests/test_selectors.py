@@ -13,7 +13,7 @@ from saln_exp.errors import ConfigError
 from saln_exp.paper_algorithms import saln_algorithm1
 from saln_exp.selectors import SELECTORS, Batch, BatchView, ViewSources, build_selector
 from saln_exp.selectors.accumulate import Accumulator
-from saln_exp.selectors.jest import chunk_sizes, joint_sample
+from saln_exp.selectors.jest import chunk_sizes, joint_sample, per_sample_scores
 from saln_exp.selectors.loss_qsplit import qsplit_buckets
 
 
@@ -189,40 +189,82 @@ def test_jest_chunks_keep_exactly_k_and_lose_nothing_to_rounding():
         assert len(picks) == k == len(set(picks.tolist()))
 
 
-def test_jest_conditional_logits_are_scaled_learnability():
-    """With s_ij = l_i - r_j, diag + row sums + column sums over a chosen set A equal
-    (1 + |A|) (l_j - r_j) + a constant: chunked sampling is softmax sampling on learnability."""
+def test_jest_per_sample_conditional_logits_are_the_learnability_itself():
+    """A per-sample loss has no pair terms: JEST's score matrix is diag(l - r), so the conditional
+    logits s_jj + sum_A s_ij + sum_A s_ji of every unchosen j are l_j - r_j, whatever A holds
+    (no temperature that falls with |A|)."""
     rng = np.random.default_rng(0)
     learner, reference = rng.exponential(size=50), rng.exponential(size=50)
-    scores = learner[:, None] - reference[None, :]
+    scores = per_sample_scores(torch.tensor(learner), torch.tensor(reference)).numpy()
+    assert np.array_equal(scores, np.diag(learner - reference))
     for size in (1, 4, 20):
         chosen = np.zeros(50)
         chosen[rng.choice(50, size, replace=False)] = 1
         logits = np.diag(scores) + chosen @ scores + scores @ chosen
-        scaled = (1 + size) * (learner - reference)
-        assert np.allclose(logits - scaled, (logits - scaled)[0])
+        unchosen = chosen == 0
+        assert np.allclose(logits[unchosen], (learner - reference)[unchosen])
 
 
-def test_jest_samples_as_the_reference_algorithm():
-    rng = np.random.default_rng(1)
-    n, k, chunks, trials = 32, 8, 4, 3000
-    learner = rng.exponential(size=n) * 1.5
-    reference = rng.exponential(size=n) * 0.5
-    batch = make_batch(n=n)
-    selector = SELECTORS["jest"](filter_ratio=0.75, n_chunks=chunks, seed=0)
-    scores = torch.tensor(learner[:, None] - reference[None, :])
-    ours = inclusion_frequencies(
-        lambda t: joint_sample(scores, k, chunks, selector.generator).numpy(), n, trials
+def jest_select(batch, reference, first_chunk="learnability", n_chunks=4, filter_ratio=0.75):
+    selector = SELECTORS["jest"](
+        filter_ratio=filter_ratio, n_chunks=n_chunks, first_chunk=first_chunk, seed=0
     )
-    ref_rng = np.random.default_rng(2)
+    return lambda t: selector.select(
+        batch, view_of(batch, torch.tensor(reference))
+    ).positions.numpy()
+
+
+@pytest.mark.parametrize("first_chunk", ["learnability", "uniform"])
+def test_jest_samples_as_its_algorithm_with_a_per_sample_loss(first_chunk):
+    """Inclusion frequencies of the selector (learner losses from its own forward) against the
+    transcription of JEST's Algorithm 1 for a diagonal score matrix."""
+    n, k, chunks, trials = 32, 8, 4, 3000
+    batch = make_batch(n=n, seed=3, accuracy=0.5)
+    learner = ref.cross_entropy(*np_logits(batch))
+    reference = np.random.default_rng(1).exponential(size=n) * 0.5
+    ours = inclusion_frequencies(jest_select(batch, reference, first_chunk, chunks), n, trials)
+    rng = np.random.default_rng(2)
     theirs = inclusion_frequencies(
-        lambda t: ref.jest_joint_sampling(learner, reference, k, chunks, ref_rng), n, trials
+        lambda t: ref.jest_joint_sampling(
+            learner, reference, k, chunks, rng, first_uniform=first_chunk == "uniform"
+        ),
+        n,
+        trials,
     )
     assert_same_distribution(ours, theirs, trials)
-    assert len(batch) == n
-    # learnability matters: the most learnable sample is kept far more often than the least
     learnability = learner - reference
     assert ours[learnability.argmax()] > ours[learnability.argmin()] + 0.2
+
+
+def test_jest_one_draw_is_the_softmax_of_the_learnability():
+    """k = 1: P(keep j) = exp(l_j - r_j) / sum exp(l - r), exactly, at temperature one."""
+    n, trials = 10, 6000
+    batch = make_batch(n=n, seed=5, accuracy=0.3)
+    learner = ref.cross_entropy(*np_logits(batch))
+    reference = np.linspace(0.0, 1.0, n)
+    ours = inclusion_frequencies(
+        jest_select(batch, reference, filter_ratio=0.9, n_chunks=16), n, trials
+    )
+    learnability = learner - reference
+    softmax = np.exp(learnability - learnability.max())
+    assert_same_distribution(ours, softmax / softmax.sum(), trials)
+
+
+def test_jest_keeps_the_most_learnable_set_as_often_as_its_algorithm():
+    """A joint event, not a marginal: P(the 12 most learnable of 64 are all kept), which a falling
+    temperature (the old (1 + |A|) scaling) inflates."""
+    n, k, trials = 64, 12, 2000
+    batch = make_batch(n=n, seed=7, accuracy=0.4)
+    learner = ref.cross_entropy(*np_logits(batch))
+    reference = np.random.default_rng(8).exponential(size=n) * 0.2
+    top = set(np.argsort(-(learner - reference))[:k].tolist())
+    draw = jest_select(batch, reference, n_chunks=4, filter_ratio=1 - (k + 0.5) / n)
+    ours = np.mean([set(draw(t).tolist()) == top for t in range(trials)])
+    rng = np.random.default_rng(9)
+    theirs = np.mean(
+        [set(ref.jest_joint_sampling(learner, reference, k, 4, rng)) == top for _ in range(trials)]
+    )
+    assert abs(ours - theirs) < 5 * np.sqrt(2 * 0.25 / trials), (ours, theirs)
 
 
 def test_loss_weighted_samples_proportionally_to_loss():
@@ -312,17 +354,72 @@ def test_view_leaves_the_model_in_training_mode_and_batch_norm_untouched():
     assert model.training and torch.equal(before, model[1].running_mean)
 
 
-def test_fallback_draws_uniformly_and_says_so():
-    batch = make_batch(accuracy=1.0)
+def no_errors_batch(n=64):
+    batch = make_batch(n=n, accuracy=1.0)
     batch.x[torch.arange(len(batch)), batch.y] += 100.0  # nothing misclassified
-    for name in ("accuracy", "hard_accuracy_topk"):
-        selector, sel = select(name, batch, filter_ratio=0.5)
-        assert sel.fallback
-        assert len(sel.positions) == selector.keep_count(len(batch))
+    return batch
+
+
+def test_fallback_draws_uniformly_and_says_so_without_accumulation():
+    selector, sel = select("accuracy", no_errors_batch(), filter_ratio=0.5)
+    assert sel.fallback
+    assert len(sel.positions) == selector.keep_count(64)
     _, sel = select(
         "accuracy", make_batch(accuracy=0.9), min_keep=20
     )  # a few errors, fewer than min_keep
     assert sel.fallback and len(sel.positions) == 64
+
+
+@pytest.mark.parametrize("name", ["accuracy", "accuracy_epoch", "soft_accuracy", "topq_loss"])
+def test_with_accumulation_a_batch_with_nothing_to_keep_adds_nothing(name):
+    """ASSIST 3.3.2: with accumulation, a batch without errors contributes nothing (epochs may
+    pass without a step); the uniform fallback belongs to the non-accumulating mode only."""
+    options = {"batchwise": True} if name == "accuracy_epoch" else {}
+    options |= {"margin": 0.01} if name == "soft_accuracy" else {}  # +100 logits: no near ties
+    options |= (
+        {"min_keep": 100} if name == "topq_loss" else {}
+    )  # topq always keeps some: force "too few"
+    batch = no_errors_batch()
+    selector = SELECTORS[name](seed=0, **options)
+    sel = selector.select(batch, view_of(batch), accumulating=True)
+    assert not sel.fallback
+    if name != "topq_loss":
+        assert len(sel.positions) == 0
+        accumulator = Accumulator(batch_size=8)
+        assert accumulator.add(batch.take(sel.positions)) is None and accumulator.count == 0
+    assert selector.select(batch, view_of(batch), accumulating=False).fallback
+
+
+def test_hard_accuracy_topk_fills_up_to_k_with_random_correct_samples():
+    """ASSIST 3.2.1 after Alg. 5: too few errors => fill with random samples (here: correctly
+    classified ones, uniformly), so exactly k are kept and every error is among them."""
+    trials = 3000
+    batch = make_batch(n=40, seed=11, accuracy=0.9)
+    logits, y = np_logits(batch)
+    wrong = set(np.flatnonzero(logits.argmax(1) != y).tolist())
+    selector = SELECTORS["hard_accuracy_topk"](filter_ratio=0.5, seed=0)
+    k = selector.keep_count(40)
+    assert 0 < len(wrong) < k
+    counts = np.zeros(40)
+    for _ in range(trials):
+        sel = selector.select(batch, view_of(batch))
+        kept = sel.positions.tolist()
+        assert len(kept) == k == len(set(kept)) and wrong <= set(kept) and not sel.fallback
+        assert sel.diagnostics["filled"] == k - len(wrong)
+        counts[kept] += 1
+    correct = [i for i in range(40) if i not in wrong]
+    expected = (k - len(wrong)) / len(correct)  # each correct sample equally likely to fill
+    assert_same_distribution(counts[correct] / trials, np.full(len(correct), expected), trials)
+    sel = selector.select(no_errors_batch(40), view_of(no_errors_batch(40)))
+    assert len(sel.positions) == k and sel.diagnostics["filled"] == k and not sel.fallback
+
+
+def test_saln_keeps_one_sample_where_int_n_times_one_minus_f_is_zero():
+    """Our reading of SALN's int(n * (1 - f)) = 0 (n = 4, f = 0.8): keep one sample, never an
+    empty batch; the papers' code would select nothing and take no step."""
+    batch = make_batch(n=4)
+    selector, sel = select("saln", batch, filter_ratio=0.8, features="pixels")
+    assert int(4 * (1 - 0.8)) == 0 and selector.keep_count(4) == 1 and len(sel.positions) == 1
 
 
 def test_unknown_selector_option_is_a_config_error():
@@ -367,3 +464,15 @@ def test_accumulator_state_round_trip():
         Batch(torch.arange(5, 9), torch.ones(4, 2), torch.ones(4, dtype=torch.long))
     )
     assert full.index.tolist() == list(range(8)) and restored.overflow == 1
+
+
+def test_accumulator_steps_as_soon_as_the_batch_is_full():
+    """Our reading of Alg. 10's step condition: the prose's "once the batch is filled" (>=), not
+    the pseudo-code's len(FB) > size_FB, which would hold a batch of exactly size_FB back, wait
+    for the next raw batch and then discard its kept samples as overflow."""
+    acc = Accumulator(batch_size=8)
+    half = Batch(torch.arange(4), torch.zeros(4, 2), torch.zeros(4, dtype=torch.long))
+    assert acc.add(half) is None
+    full = acc.add(Batch(torch.arange(4, 8), torch.zeros(4, 2), torch.zeros(4, dtype=torch.long)))
+    assert full is not None and full.index.tolist() == list(range(8))
+    assert acc.overflow == 0 and acc.count == 0

@@ -2,7 +2,9 @@
 model misclassifies (eval mode, no augmentation) and train the epoch on those only.
 
 `batchwise: true` also filters every batch of that epoch (ASSIST's "Epoch + Batch" runs; combine
-with `selector.accumulate=true` for Algorithm 10's stable batch size).
+with `selector.accumulate=true` for Algorithm 10's stable batch size). An epoch with fewer than
+`min_keep` misclassified samples trains on the whole set without accumulation (ASSIST's fallback
+to plain SGD) and on nothing with it (Alg. 10: a filter that keeps nothing adds nothing).
 """
 
 from __future__ import annotations
@@ -29,7 +31,10 @@ class EpochAccuracyFilter(Selector):
         )
         wrong = torch.nonzero(predictions != train.targets).flatten()
         self.epoch_kept_frac = len(wrong) / len(train)
-        if len(wrong) < self.min_keep:  # nothing left to learn from: fall back to the whole set
+        accumulating = bool(ctx.cfg.selector.get("accumulate"))
+        if len(wrong) < self.min_keep and not accumulating:
+            # nothing left to learn from: the non-accumulating fallback trains on the whole set;
+            # with accumulation the epoch adds nothing, as a batch without errors does (Alg. 10)
             return torch.arange(len(train))
         return wrong
 

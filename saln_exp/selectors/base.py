@@ -43,7 +43,9 @@ class Batch:
 class Selection:
     positions: Tensor  # positions in the candidate batch to train on: unique, sorted
     diagnostics: dict[str, float] = field(default_factory=dict)
-    fallback: bool = False  # the filter kept too few and a uniform draw replaced it
+    fallback: bool = (
+        False  # the filter kept too few and a uniform draw replaced it (never when accumulating)
+    )
 
 
 @dataclass
@@ -179,10 +181,17 @@ class Selector:
     def choose(self, batch: Batch, view: BatchView) -> tuple[Tensor, dict[str, float]]:
         raise NotImplementedError
 
-    def select(self, batch: Batch, view: BatchView) -> Selection:
+    def select(self, batch: Batch, view: BatchView, accumulating: bool = False) -> Selection:
+        """`choose`, then ASSIST's fallback rule, which exists for the non-accumulating mode only.
+
+        Without accumulation a filter that keeps fewer than `min_keep` samples is replaced by a
+        uniform draw of `keep_count` (plain SGD), as ASSIST did when its filter ran dry. With
+        accumulation (Alg. 10) a batch with nothing to keep contributes nothing: ASSIST 3.3.2,
+        "several epochs may pass without a training step being performed".
+        """
         positions, diagnostics = self.choose(batch, view)
-        fallback = len(positions) < self.min_keep
-        if fallback:  # ASSIST's rule: too few left, fall back to a uniform draw (plain SGD)
+        fallback = not accumulating and len(positions) < self.min_keep
+        if fallback:
             positions = self.uniform(len(batch), self.keep_count(len(batch)))
         positions = torch.sort(positions.to(batch.y.device)).values
         return Selection(positions, diagnostics, fallback)
@@ -190,7 +199,11 @@ class Selector:
     # -- shared helpers -------------------------------------------------------------------------
     def keep_count(self, n: int) -> int:
         """`int(n * (1 - f))`, at least 1: SALN's and JEST's code, float arithmetic included
-        (so 100 * (1 - 0.8) = 19.999... keeps 19, exactly as the papers' selections did)."""
+        (so 100 * (1 - 0.8) = 19.999... keeps 19, exactly as the papers' selections did).
+
+        Where `int(n * (1 - f))` is 0 (n = 4, f = 0.8) the papers' code would select an empty
+        batch and take no step; we keep 1 sample instead, so a fixed-ratio selector always
+        trains (a documented choice, tested in test_selectors.py)."""
         return max(1, int(n * (1.0 - self.filter_ratio)))
 
     def uniform(self, n: int, k: int) -> Tensor:

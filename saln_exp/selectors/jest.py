@@ -1,13 +1,20 @@
-"""JEST (Evans et al. 2024) as the SALN paper uses it: joint sampling by learnability in chunks.
+"""JEST (Evans et al. 2024, Algorithm 1) as the SALN paper uses it: learnability, chunked sampling.
 
-Learnability score matrix s_ij = l_i - r_j (learner loss of i minus reference loss of j). The
-first chunk is drawn uniformly; each next chunk is drawn without replacement from the softmax of
-the conditional learnability of every unchosen j given the chosen set A:
-    logit_j = s_jj + sum_{i in A} s_ij + sum_{i in A} s_ji.
-With per-sample cross-entropy this is (1 + |A|) (l_j - r_j) + a constant: the conditional logits
-are the learnability scaled by the chunk's size so far, so "joint" sampling is independent softmax
-sampling on learnability with a temperature that falls from chunk to chunk. The score matrix is
-kept anyway (tests verify the identity), so a batch-level loss would slot in unchanged.
+JEST scores a batch by the learnability of a batch-level (contrastive) loss: the matrix
+s_ij = learner loss of pair (i, j) - reference loss of the same pair (i, j). It draws the kept
+set in `n_chunks` chunks, each without replacement from the softmax of the conditional logits of
+every unchosen j given the chosen set A,
+    logit_j = s_jj + sum_{i in A} s_ij + sum_{i in A} s_ji,
+and the first chunk (A empty) from the softmax of the diagonal s_jj, i.e. the samples' own
+learnability (JEST's Algorithm 1 draws it with `random.choice(logits_ii, n_draws)`; the uniform
+first chunk of some third-party ports is `first_chunk: uniform`).
+
+Image classification has a per-sample loss (cross-entropy): a pair (i, j != i) has no loss, so
+the score matrix is diagonal, s = diag(l - r), and every chunk, whatever was chosen before, is
+drawn from softmax(l - r) over the unchosen samples at one fixed temperature. That is what runs
+here. `joint_sample` takes any score matrix, so a batch-level loss (`batch_scores`) slots in.
+Exactly k = int(n (1 - f)) samples are kept: the chunks split k without losing any to rounding
+(JEST's int(n (1 - f) / n_chunks) per chunk would keep fewer).
 """
 
 from __future__ import annotations
@@ -19,6 +26,8 @@ from saln_exp.errors import ConfigError
 from saln_exp.reference import ReferenceLosses
 from saln_exp.selectors.base import Batch, BatchView, RunContext, Selector, ViewSources
 
+FIRST_CHUNK = ("learnability", "uniform")
+
 
 def chunk_sizes(k: int, n_chunks: int) -> list[int]:
     """Split k over n_chunks, larger chunks first; never loses a sample to rounding."""
@@ -26,22 +35,33 @@ def chunk_sizes(k: int, n_chunks: int) -> list[int]:
     return [s for s in (base + (1 if i < extra else 0) for i in range(n_chunks)) if s > 0]
 
 
-def joint_sample(scores: Tensor, k: int, n_chunks: int, generator: torch.Generator) -> Tensor:
-    """JEST's chunked joint sampling on a score matrix; returns k distinct positions."""
+def per_sample_scores(learner: Tensor, reference: Tensor) -> Tensor:
+    """JEST's score matrix for a per-sample loss: learnability on the diagonal, no pair terms."""
+    return torch.diag(learner.double().cpu() - reference.double().cpu())
+
+
+def joint_sample(
+    scores: Tensor,
+    k: int,
+    n_chunks: int,
+    generator: torch.Generator,
+    first_chunk: str = "learnability",
+) -> Tensor:
+    """JEST's chunked joint sampling on an n x n score matrix; returns k distinct positions."""
     n = scores.shape[0]
-    sizes = chunk_sizes(k, n_chunks)
-    chosen = torch.zeros(n, dtype=torch.bool)
     scores = scores.double().cpu()
     diagonal = scores.diagonal()
-    first = torch.randperm(n, generator=generator)[: sizes[0]]
-    chosen[first] = True
-    picks = [first]
-    for size in sizes[1:]:
-        mask = chosen.double()
-        logits = diagonal + mask @ scores + scores @ mask  # sum_{i in A} s_ij + sum_{i in A} s_ji
-        logits[chosen] = -torch.inf
-        probs = torch.softmax(logits, dim=0)
-        pick = torch.multinomial(probs, size, replacement=False, generator=generator)
+    chosen = torch.zeros(n, dtype=torch.bool)
+    picks = []
+    for number, size in enumerate(chunk_sizes(k, n_chunks)):
+        if number == 0 and first_chunk == "uniform":
+            pick = torch.randperm(n, generator=generator)[:size]
+        else:
+            mask = chosen.double()
+            logits = diagonal + mask @ scores + scores @ mask  # + sum_{i in A} s_ij + s_ji
+            logits[chosen] = -torch.inf
+            probs = torch.softmax(logits, dim=0)
+            pick = torch.multinomial(probs, size, replacement=False, generator=generator)
         chosen[pick] = True
         picks.append(pick)
     return torch.cat(picks)
@@ -51,21 +71,36 @@ class JEST(Selector):
     name = "jest"
 
     def __init__(
-        self, filter_ratio: float = 0.8, n_chunks: int = 16, reference: dict | None = None, **common
+        self,
+        filter_ratio: float = 0.8,
+        n_chunks: int = 16,
+        first_chunk: str = "learnability",
+        reference: dict | None = None,
+        **common,
     ):
         super().__init__(filter_ratio=filter_ratio, **common)
         if int(n_chunks) < 1:
             raise ConfigError(f"selector.n_chunks must be at least 1, got {n_chunks}")
+        if first_chunk not in FIRST_CHUNK:
+            raise ConfigError(
+                f"selector.first_chunk must be one of {FIRST_CHUNK} for selector=jest, "
+                f"got {first_chunk!r}"
+            )
         self.n_chunks = int(n_chunks)
+        self.first_chunk = first_chunk
         self.reference_options = dict(reference or {})
 
     def prepare(self, ctx: RunContext) -> ViewSources:
         return ViewSources(reference_losses=ReferenceLosses.prepare(ctx, self.reference_options))
 
+    def batch_scores(self, view: BatchView) -> Tensor:
+        """The n x n learnability matrix; per-sample cross-entropy makes it diagonal."""
+        return per_sample_scores(view.losses, view.reference_losses)
+
     def choose(self, batch: Batch, view: BatchView):
-        learner, ref = view.losses, view.reference_losses
-        scores = learner[:, None] - ref[None, :]
-        keep = joint_sample(scores, self.keep_count(len(batch)), self.n_chunks, self.generator)
-        learnability = learner - ref
-        return keep, {"learnability_kept": learnability[keep.to(learnability.device)].mean().item(),
+        scores = self.batch_scores(view)
+        k = self.keep_count(len(batch))
+        keep = joint_sample(scores, k, self.n_chunks, self.generator, self.first_chunk)
+        learnability = scores.diagonal()
+        return keep, {"learnability_kept": learnability[keep].mean().item(),
                       "learnability_mean": learnability.mean().item()}  # fmt: skip
