@@ -34,6 +34,9 @@ lint: install ## ruff check and format check
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+mnist: ## unpack the real MNIST (MNIST_SRC, default ../shared/data/mnist) into data/MNIST/raw, checksums checked
+	bash scripts/unpack_mnist.sh $(or $(MNIST_SRC),../shared/data/mnist) $(or $(SALN_DATA_DIR),data)
+
 bench: install ## speed and memory benchmark -> bench/results.json and bench/results.md
 	$(BIN)/saln-bench $(ARGS)
 
@@ -49,4 +52,4 @@ slurm-down: ## stop the local Slurm cluster
 clean: ## remove run outputs and caches (not the venv, not data/)
 	rm -rf outputs/runs outputs/sweeps .cache .pytest_cache .ruff_cache
 
-.PHONY: help install train compare test test-fast lint bench report slurm-up slurm-down clean
+.PHONY: help install train compare test test-fast lint mnist bench report slurm-up slurm-down clean
