@@ -42,7 +42,7 @@ def fit(
         order = positions[torch.randperm(len(positions), generator=generator).to(device)]
         for start in range(0, len(order), bs):
             pos = order[start : start + bs]
-            logits = model(data.pipeline(split.images[pos], train=True)).float()
+            logits = model(data.pipeline.batch(split, pos, train=True)).float()
             loss = F.cross_entropy(logits, split.targets[pos])
             if not torch.isfinite(loss):
                 raise NonFiniteLossError(

@@ -220,7 +220,7 @@ class Trainer:
         with self.timers("train"):  # reading and augmenting the batch is part of training
             batch = Batch(
                 train.indices[positions],
-                self.data.pipeline(train.images[positions], train=True),
+                self.data.pipeline.batch(train, positions, train=True),
                 train.targets[positions],
             )
             if self.cfg.trainer.get("channels_last") and batch.x.dim() == 4:
@@ -395,8 +395,9 @@ class Trainer:
         bs = int(self.cfg.eval.batch_size)
         pipe = self.data.pipeline
         metrics = evaluate_split(
-            self.model, self.data.train, pipe, "train", bs, self.train_eval_positions
-        )
+            self.model, self.data.train, pipe, "train", bs, self.train_eval_positions,
+            cache=self.ctx.train_outputs,
+        )  # fmt: skip
         if self.data.val is not None:
             metrics.update(evaluate_split(self.model, self.data.val, pipe, "val", bs))
         metrics.update(evaluate_split(self.model, self.data.test, pipe, "test", bs))

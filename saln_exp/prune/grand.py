@@ -42,7 +42,7 @@ def grand_scores(
     norms = []
     step = min(CHUNK, batch_size)
     for start in range(0, len(split), step):
-        x = data.pipeline(split.images[start : start + step], train=False)
+        x = data.pipeline.batch(split, slice(start, start + step), train=False)
         grads = per_sample_grad(wrt, x, split.targets[start : start + step])
         squared = sum(g.flatten(1).pow(2).sum(1) for g in grads.values())
         norms.append(squared.sqrt())

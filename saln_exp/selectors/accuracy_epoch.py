@@ -12,7 +12,6 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from saln_exp.metrics import per_sample_outputs
 from saln_exp.selectors.base import Batch, BatchView, RunContext, Selector
 
 
@@ -26,7 +25,7 @@ class EpochAccuracyFilter(Selector):
 
     def epoch_positions(self, ctx: RunContext) -> Tensor:
         train = ctx.data.train
-        _, predictions, _ = per_sample_outputs(
+        _, predictions, _ = ctx.train_outputs.get(
             ctx.model, train, ctx.data.pipeline, int(ctx.cfg.eval.batch_size)
         )
         wrong = torch.nonzero(predictions != train.targets).flatten()

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from saln_exp.errors import ConfigError
+from saln_exp.metrics import SplitOutputs
 
 if TYPE_CHECKING:
     from saln_exp.data.base import DataBundle
@@ -151,6 +152,8 @@ class RunContext:
     cache_dir: str
     run_dir: str
     autocast: Callable[[], AbstractContextManager] = nullcontext
+    # the training split's eval-mode outputs, shared with the trainer's evaluation (see SplitOutputs)
+    train_outputs: SplitOutputs = field(default_factory=SplitOutputs)
 
 
 class Selector:
