@@ -53,6 +53,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2 as T
 
 from saln_exp import PROJECT_ROOT
+from saln_exp.bench_epochs import bench_epochs, epochs_markdown
 from saln_exp.config import resolve_device
 from saln_exp.data import build_data
 from saln_exp.data.augment import assist_cifar_batched, assist_cifar_per_sample
@@ -94,6 +95,11 @@ class RunnerCase:
     images: int
     augment: bool
     rounds: int
+
+
+FCNET_4_5 = ("experiment=assist_4_5",)  # ASSIST Table 4.5's recipe (500 epochs in the paper)
+LENET_4_4 = ("experiment=assist_4_4", "model=lenet")  # Table 4.4's LeNet rows (300 epochs)
+RECIPE_EPOCHS = {"FCNet": 500, "LeNet": 300}
 
 
 @dataclass
@@ -166,6 +172,30 @@ class Settings:
     )
     selective_ratios: tuple[float, ...] = (0.5, 0.8)
     selective_rounds: dict[str, int] = field(default_factory=lambda: {"lenet": 5, "resnet18": 3})
+    # 6. epoch time of the ASSIST MNIST recipes on the real MNIST: (label, overrides, epochs,
+    # also run with reuse off)
+    epoch_cases: tuple[tuple[str, tuple[str, ...], int, bool], ...] = (
+        ("FCNet100, none", (*FCNET_4_5, "model.hidden=100", "filtering=none"), 4, True),
+        ("FCNet100, batchwise", (*FCNET_4_5, "model.hidden=100", "filtering=batchwise"), 4, True),
+        ("FCNet1000, none", (*FCNET_4_5, "model.hidden=1000", "filtering=none"), 3, False),
+        (
+            "FCNet1000, batchwise",
+            (*FCNET_4_5, "model.hidden=1000", "filtering=batchwise"),
+            3,
+            False,
+        ),
+        ("FCNet3000, none", (*FCNET_4_5, "model.hidden=3000", "filtering=none"), 3, False),
+        (
+            "FCNet3000, batchwise",
+            (*FCNET_4_5, "model.hidden=3000", "filtering=batchwise"),
+            3,
+            False,
+        ),
+        ("LeNet, none", (*LENET_4_4, "filtering=none"), 3, True),
+        ("LeNet, batchwise", (*LENET_4_4, "filtering=batchwise"), 3, False),
+        ("LeNet, epochwise", (*LENET_4_4, "filtering=epochwise"), 3, True),
+        ("LeNet, epoch + batch", (*LENET_4_4, "filtering=epoch_batch"), 3, False),
+    )
 
 
 def quick_settings() -> Settings:
@@ -217,6 +247,9 @@ def quick_settings() -> Settings:
         selective_cases=(("lenet", "mnist", 32),),
         selective_ratios=(0.5,),
         selective_rounds={"lenet": 2},
+        epoch_cases=(
+            ("FCNet100, none", (*FCNET_4_5, "model.hidden=100", "filtering=none"), 2, True),
+        ),
     )
 
 
@@ -988,6 +1021,20 @@ def evaluate_targets(results: dict[str, Any], quick: bool) -> list[dict[str, Any
             f"{speed:.2f}x" if row else None,
             None if row is None else speed >= need,
         )
+    epochs = results.get("epoch_times") or []
+    for family, need_min in (("FCNet100", 5.0), ("LeNet", 30.0)):
+        rows = [r for r in epochs if r["case"].startswith(family)]
+        n = RECIPE_EPOCHS[family.rstrip("0123456789")]
+        projected = [
+            r["seconds"]["wall"]["first"] + (n - 1) * r["seconds"]["wall"]["later"] for r in rows
+        ]
+        worst = max(projected) / 60 if projected else None
+        add(
+            f"{family} row of the ASSIST recipe, {n} epochs (projected from epochs 2+)",
+            f"<= about {need_min:g} min",
+            f"{worst:.1f} min (slowest of {len(rows)} rows)" if rows else None,
+            None if not rows else worst <= need_min * 1.1,
+        )
     total = results.get("total_seconds")
     add(
         "saln-bench (default settings) completes",
@@ -1222,13 +1269,17 @@ def to_markdown(results: dict[str, Any]) -> str:
                 for r in sb
             ],
         )
+    epochs = results.get("epoch_times")
+    if epochs:
+        lines += ["", "## 6. Epoch time of the ASSIST MNIST recipes (real MNIST)", ""]
+        lines += epochs_markdown(epochs)
     errors = results.get("errors") or {}
     if errors:
         lines += ["", "## Errors", ""] + [f"- {name}: `{msg}`" for name, msg in errors.items()]
     return "\n".join(lines) + "\n"
 
 
-SECTIONS = ("saln", "selectors", "runner", "memory", "selective")
+SECTIONS = ("saln", "selectors", "runner", "memory", "selective", "epochs")
 
 
 @contextlib.contextmanager
@@ -1283,6 +1334,7 @@ def run(
                 "selective_backward",
                 lambda: bench_selective(settings, device, workdir, log),
             ),
+            ("epochs", "epoch_times", lambda: bench_epochs(settings, workdir, log)),
         ]
         for section, key, fn in steps:
             if section not in sections:

@@ -3,6 +3,7 @@
 `checkpoint.pt` is written to a temporary file and renamed over the old one (which becomes
 `checkpoint.prev.pt` first), so a job killed at any instant leaves at least one complete
 checkpoint. On load, a file that cannot be read is reported in one line and the previous one used.
+Checkpoints hold tensors and plain Python values only and are read with `weights_only=True`.
 """
 
 from __future__ import annotations
@@ -12,9 +13,11 @@ import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from saln_exp.errors import ConfigError, UserError
+from saln_exp.safe_load import load_plain
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +51,9 @@ class Checkpoints:
             if not path.exists():
                 continue
             try:
-                state = torch.load(path, map_location="cpu", weights_only=False)
+                # weights_only: tensors and plain containers only, so a crafted file in someone's
+                # run directory cannot run code on whoever resumes it
+                state = load_plain(path)
                 if not isinstance(state, dict) or "progress" not in state:
                     raise ValueError("not a saln-exp checkpoint")
             except Exception as err:  # truncated zip, bad pickle, wrong file
@@ -70,6 +75,17 @@ class Checkpoints:
     def saved_config(self) -> dict[str, Any] | None:
         state = self.load()
         return None if state is None else state.get("config")
+
+
+def numpy_rng_state() -> tuple:
+    """numpy's global RNG state with its key array as a tensor (loadable with weights_only)."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    return kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)
+
+
+def set_numpy_rng_state(state: tuple) -> None:
+    kind, keys, pos, has_gauss, cached = state
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
 
 
 def differences(saved: dict[str, Any], current: dict[str, Any], prefix: str = "") -> list[str]:

@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from saln_exp.data.base import IMAGENET_MEAN, IMAGENET_STD, DataBundle
 from saln_exp.models.weights import pretrained_state_dict
+from saln_exp.safe_load import load_cached
 
 log = logging.getLogger(__name__)
 
@@ -117,9 +118,10 @@ class FeatureStore:
         path = (
             Path(cache_dir) / "features" / f"{cache_key(dataset_cfg, backbone, weights, size)}.pt"
         )
-        if path.exists():
+        cached = load_cached(path, "pretrained features", device) if path.exists() else None
+        if isinstance(cached, torch.Tensor):
             log.info("pretrained features: loaded from cache %s", path)
-            return cls(torch.load(path, map_location=device, weights_only=True))
+            return cls(cached)
         log.info(
             "pretrained features: extracting with %s (%s), caching to %s", backbone, weights, path
         )

@@ -26,6 +26,7 @@ from saln_exp.errors import ConfigError
 from saln_exp.fit import fit
 from saln_exp.metrics import per_sample_outputs
 from saln_exp.models import build_model
+from saln_exp.safe_load import UNREADABLE, load_cached, load_plain
 
 if TYPE_CHECKING:  # the selectors package imports this module: no runtime import back
     from saln_exp.selectors.base import Batch, RunContext
@@ -125,15 +126,23 @@ class ReferenceLosses:
         if checkpoint:
             if not Path(checkpoint).exists():
                 raise ConfigError(f"selector.reference.checkpoint not found: {checkpoint}")
-            model.load_state_dict(
-                torch.load(checkpoint, map_location=ctx.device, weights_only=True)
-            )
+            try:
+                model.load_state_dict(load_plain(checkpoint, ctx.device))
+            except (*UNREADABLE, KeyError, TypeError) as err:
+                raise ConfigError(
+                    f"selector.reference.checkpoint {checkpoint} is not a state_dict of "
+                    f"model={settings['model']['name']} ({type(err).__name__})"
+                ) from None
             return model.eval()
         path = Path(ctx.cache_dir) / "reference" / f"{settings_hash(settings)}.pt"
-        if path.exists():
-            log.info("reference model: loaded from cache %s", path)
-            model.load_state_dict(torch.load(path, map_location=ctx.device, weights_only=True))
-            return model.eval()
+        cached = load_cached(path, "reference model", ctx.device) if path.exists() else None
+        if cached is not None:
+            try:
+                model.load_state_dict(cached)
+                log.info("reference model: loaded from cache %s", path)
+                return model.eval()
+            except (KeyError, RuntimeError, TypeError, AttributeError) as err:
+                log.warning("reference model cache %s does not fit (%s); training again", path, err)
         if settings["split"] == "train":
             log.warning(
                 "reference model: no validation split, so it trains on the training split; "

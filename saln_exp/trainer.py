@@ -24,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from saln_exp.checkpoint import Checkpoints, check_same_run
+from saln_exp.checkpoint import Checkpoints, check_same_run, numpy_rng_state, set_numpy_rng_state
 from saln_exp.data.base import DataBundle
 from saln_exp.errors import NonFiniteLossError
 from saln_exp.forgetting import ForgettingTracker
@@ -427,7 +427,7 @@ class Trainer:
             "progress": {**asdict(p), "order": p.order, "epoch_stats": asdict(p.epoch_stats)},
             "rng": {
                 "python": random.getstate(),
-                "numpy": np.random.get_state(),
+                "numpy": numpy_rng_state(),
                 "torch": torch.get_rng_state(),
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
                 "data": self.data_generator.get_state(),
@@ -466,7 +466,7 @@ class Trainer:
         self.progress = Progress(**saved)
         rng = state["rng"]
         random.setstate(rng["python"])
-        np.random.set_state(rng["numpy"])
+        set_numpy_rng_state(rng["numpy"])
         torch.set_rng_state(rng["torch"])
         if rng["cuda"] is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(rng["cuda"])

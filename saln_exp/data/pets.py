@@ -19,6 +19,7 @@ from tqdm import tqdm
 from saln_exp.data.augment import saln_pets_batched
 from saln_exp.data.base import IMAGENET_MEAN, IMAGENET_STD, SourceData
 from saln_exp.data.fetch import open_torchvision
+from saln_exp.safe_load import load_cached
 
 
 
@@ -47,8 +48,8 @@ def _read(cfg: DictConfig, data_dir: str, cache_dir: str | None, split: str, siz
         "oxford-iiit-pet/images/*.jpg and oxford-iiit-pet/annotations/{trainval,test}.txt",
     )
     cache = _cache_path(ds, cache_dir, split, size)
-    if cache is not None and cache.exists():
-        blob = torch.load(cache, weights_only=True)
+    blob = load_cached(cache, "pets decode") if cache is not None and cache.exists() else None
+    if isinstance(blob, dict) and {"images", "targets"} <= set(blob):
         return blob["images"], blob["targets"]
     resize = T.Compose([T.Resize((size, size), antialias=True), T.PILToTensor()])
     images = torch.empty(len(ds), 3, size, size, dtype=torch.uint8)

@@ -19,12 +19,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from saln_exp.report.load import Runs, load_runs
 from saln_exp.report.tables import TRAIN_SECONDS, with_train_seconds
+from saln_exp.safe_load import UNREADABLE, load_plain
 
 log = logging.getLogger(__name__)
 
@@ -121,8 +121,18 @@ def montage(images: np.ndarray, kept: np.ndarray, border: int = 2) -> np.ndarray
 
 
 def load_example(run_dir: str | Path) -> dict | None:
+    """The run's saved selection example, read as plain tensors only (a crafted file in a shared
+    sweep directory must not run code on its reader); an unreadable one skips the figure."""
     path = Path(run_dir) / "selection_example.pt"
-    return torch.load(path, map_location="cpu", weights_only=False) if path.exists() else None
+    if not path.exists():
+        return None
+    try:
+        return load_plain(path)
+    except UNREADABLE as err:
+        log.warning(
+            "%s is unreadable (%s); its selection figure is skipped", path, type(err).__name__
+        )
+        return None
 
 
 def selection_figure(examples: dict[str, dict], title: str) -> Figure:
@@ -209,7 +219,9 @@ def run_file_figures(group: str, runs: pd.DataFrame, out_dir: Path) -> list[Path
         paths += save(figure, out_dir, f"{group}_selection")
     layer_files = {r.variant: Path(r.run_dir) / "final_layer.npz" for r in shown.itertuples()}
     layers = {
-        variant: np.load(path)["weight"] for variant, path in layer_files.items() if path.exists()
+        variant: np.load(path, allow_pickle=False)["weight"]
+        for variant, path in layer_files.items()
+        if path.exists()
     }
     if layers:
         paths += save(

@@ -30,7 +30,7 @@ GROUP_COLORS = {"clean": "tab:blue", "noisy": "tab:red", "all": "tab:gray"}
 def forgetting_counts(run_dir: str | Path) -> pd.DataFrame:
     """Samples per number of forgetting events and group (clean / noisy, or all without noise);
     never-learned samples get their own row (events = inf: forgotten infinitely often)."""
-    with np.load(Path(run_dir) / "forgetting.npz") as f:
+    with np.load(Path(run_dir) / "forgetting.npz", allow_pickle=False) as f:
         events, learned, presented = f["events"], f["learned"].astype(bool), f["presented"]
         noisy = f["noisy"].astype(bool) if "noisy" in f.files else np.zeros(len(events), bool)
     seen = presented > 0

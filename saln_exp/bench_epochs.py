@@ -1,0 +1,153 @@
+"""saln-bench section `epochs`: where an epoch of the ASSIST MNIST recipes spends its time.
+
+Each case is a real run (`saln_exp.train.run`) of an experiment file's recipe on the real MNIST
+(`make mnist` puts it in data/MNIST/raw) for a few epochs; the run's own per-phase clocks
+(`time/train_s`, `time/select_s`, `time/eval_s`, cumulative in metrics.jsonl) give the seconds per
+epoch of training (batch reading included), selection (the filter's forward), evaluation (full
+train and test sets, ASSIST's metrics) and wall. The first epoch is reported apart from the rest
+(warm-up, and the filter keeps far more early on).
+
+`reuse=off` repeats a case with the two shared computations switched off (the normalised copy of
+each split, and the training-split outputs that evaluation and epochwise filtering share), which
+is what the runner did before them; the metrics of both runs are compared and must be equal.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import open_dict
+
+import saln_exp.data.base as data_base
+from saln_exp import PROJECT_ROOT
+from saln_exp.metrics import SplitOutputs, per_sample_outputs
+
+PHASES = ("train", "select", "eval", "wall")
+MNIST_FILES = ("train-images-idx3-ubyte", "t10k-images-idx3-ubyte")
+
+
+def mnist_data_dir() -> Path | None:
+    """paths.data_dir as the default config resolves it, if the unpacked MNIST is there."""
+    data_dir = Path(os.environ.get("SALN_DATA_DIR", PROJECT_ROOT / "data"))
+    raw = data_dir / "MNIST" / "raw"
+    return data_dir if all((raw / name).is_file() for name in MNIST_FILES) else None
+
+
+@contextlib.contextmanager
+def reuse_switched_off() -> Iterator[None]:
+    """The runner without its two shared computations: every batch normalised again, and the
+    training split classified again by epochwise filtering."""
+    budget, get = data_base.NORMALISED_CACHE_BYTES, SplitOutputs.get
+    data_base.NORMALISED_CACHE_BYTES = 0
+    SplitOutputs.get = lambda self, model, split, pipeline, bs: per_sample_outputs(
+        model, split, pipeline, bs
+    )
+    try:
+        yield
+    finally:
+        data_base.NORMALISED_CACHE_BYTES, SplitOutputs.get = budget, get
+
+
+def run_case(overrides: tuple[str, ...], epochs: int, data_dir: Path, workdir: Path) -> list[dict]:
+    from saln_exp.train import run  # the CLI module; imported late to keep the bench light
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(PROJECT_ROOT / "conf"), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=["logger=none", *overrides])
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(workdir)
+        cfg.paths.log_dir = str(workdir / "logs")
+        cfg.paths.cache_dir = str(workdir / "cache")
+        cfg.paths.data_dir = str(data_dir)
+        cfg.trainer.progress = False
+        cfg.trainer.checkpoint = False
+        cfg.trainer.epochs = epochs
+    run(cfg)
+    return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+
+
+def per_epoch_seconds(rows: list[dict]) -> dict[str, dict[str, float]]:
+    """Seconds per phase: the first epoch, and the median of the later ones."""
+    out = {}
+    for phase in PHASES:
+        total = [0.0] + [r[f"time/{phase}_s"] for r in rows]
+        deltas = np.diff(total)
+        out[phase] = {
+            "first": float(deltas[0]),
+            "later": float(np.median(deltas[1:])) if len(deltas) > 1 else float("nan"),
+        }
+    return out
+
+
+def same_numbers(a: list[dict], b: list[dict]) -> bool:
+    def numbers(rows):
+        return [{k: v for k, v in r.items() if not k.startswith("time/")} for r in rows]
+
+    return json.dumps(numbers(a), sort_keys=True) == json.dumps(numbers(b), sort_keys=True)
+
+
+def bench_epochs(settings: Any, workdir: Path, log: Callable[[str], None]) -> list[dict[str, Any]]:
+    data_dir = mnist_data_dir()
+    if data_dir is None:
+        raise FileNotFoundError("the real MNIST is not in data/MNIST/raw: run `make mnist` first")
+    rows = []
+    for label, overrides, epochs, compare in settings.epoch_cases:
+        case_dir = workdir / f"epochs-{len(rows)}"
+        metrics = run_case(overrides, epochs, data_dir, case_dir / "reuse-on")
+        row: dict[str, Any] = {
+            "case": label,
+            "overrides": list(overrides),
+            "epochs": epochs,
+            "seconds": per_epoch_seconds(metrics),
+            "kept_frac_last": metrics[-1]["select/kept_frac"],
+        }
+        if compare:
+            with reuse_switched_off():
+                before = run_case(overrides, epochs, data_dir, case_dir / "reuse-off")
+            row["seconds_reuse_off"] = per_epoch_seconds(before)
+            row["same_numbers"] = same_numbers(metrics, before)
+        rows.append(row)
+        later = row["seconds"]["wall"]["later"]
+        extra = (
+            f", reuse off {row['seconds_reuse_off']['wall']['later']:.2f} s, "
+            f"same numbers: {row['same_numbers']}"
+            if compare
+            else ""
+        )
+        log(f"  {label}: {later:.2f} s per epoch after the first{extra}")
+    return rows
+
+
+def epochs_markdown(rows: list[dict[str, Any]]) -> list[str]:
+    lines = [
+        "Seconds per epoch of the ASSIST MNIST recipes on the real MNIST, from each run's own "
+        "clocks: train (batches read, forward, backward, step), select (the filter's forward), "
+        "eval (ASSIST's metrics over the full train and test sets every epoch), wall. *first*: "
+        "epoch 1; *later*: median of epochs 2 on. *reuse off*: the same run without the "
+        "normalised split copies and the shared training-split outputs (the runner before them); "
+        "*same numbers*: both runs wrote identical metrics apart from the clocks.",
+        "",
+        "| case | epochs | train s | select s | eval s | wall s (first) | wall s (later) "
+        "| wall s, reuse off (later) | speed-up | same numbers | kept (last epoch) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in rows:
+        s = r["seconds"]
+        off = r.get("seconds_reuse_off")
+        off_wall = f"{off['wall']['later']:.2f}" if off else "-"
+        speedup = f"{off['wall']['later'] / s['wall']['later']:.2f}x" if off else "-"
+        same = {True: "yes", False: "**NO**"}.get(r.get("same_numbers"), "-")
+        lines.append(
+            f"| {r['case']} | {r['epochs']} | {s['train']['later']:.2f} | {s['select']['later']:.2f} "
+            f"| {s['eval']['later']:.2f} | {s['wall']['first']:.2f} | {s['wall']['later']:.2f} "
+            f"| {off_wall} | {speedup} | {same} | {r['kept_frac_last']:.3f} |"
+        )
+    return lines

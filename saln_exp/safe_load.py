@@ -1,0 +1,46 @@
+"""Reading `.pt` files that someone else may have written, without running their code.
+
+Run directories and caches sit on shared filesystems, and `torch.load` of a full pickle executes
+whatever the file asks for. Every `.pt` file saln-exp reads back goes through `load_plain`:
+tensors and plain containers only (`weights_only=True`). A cache file that is not such a file
+(crafted, truncated, from another version) is a warning and a recomputation, never a lost run.
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+log = logging.getLogger(__name__)
+
+# what torch.load raises for a truncated zip, a pickle it refuses, or a file of another kind
+UNREADABLE = (
+    pickle.UnpicklingError,
+    RuntimeError,
+    EOFError,
+    ValueError,
+    OSError,
+    zipfile.BadZipFile,
+)
+
+
+def load_plain(path: str | Path, map_location: Any = "cpu") -> Any:
+    """`torch.load` that accepts tensors, numbers, strings and containers of them, nothing else."""
+    return torch.load(path, map_location=map_location, weights_only=True)
+
+
+def load_cached(path: Path, what: str, map_location: Any = "cpu") -> Any | None:
+    """A cache entry, or None (with one warning naming the file) when it cannot be read safely:
+    the caller computes it again and overwrites the bad file."""
+    try:
+        return load_plain(path, map_location)
+    except UNREADABLE as err:
+        log.warning(
+            "%s cache %s is unreadable (%s); computing it again", what, path, type(err).__name__
+        )
+        return None
