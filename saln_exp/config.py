@@ -16,6 +16,7 @@ from saln_exp.metrics import QUANTILES, RATIO_KEYS
 from saln_exp.prune import validate_prune
 
 PRECISIONS = ("fp32", "bf16", "fp16")
+SEED_LIMIT = 2**32
 METRIC_RE = re.compile(
     r"^(train|val|test)/(acc|loss_(mean|best|worst|" + "|".join(QUANTILES) + r"))$"
     r"|^ratio/(" + "|".join(RATIO_KEYS) + r")$"
@@ -66,8 +67,10 @@ def resolve_device(requested: str) -> torch.device:
 def validate(cfg: DictConfig) -> None:
     """Check every value the run depends on; raise ConfigError on the first wrong one."""
     seed = _get(cfg, "seed")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-        raise ConfigError(f"seed must be an integer or null, got {seed!r}")
+    if seed is not None and (
+        isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < SEED_LIMIT
+    ):  # numpy's global seed is 32-bit and unsigned
+        raise ConfigError(f"seed must be an integer in [0, 2**32) or null, got {seed!r}")
     resolve_device(_get(cfg, "device"))
     if cfg.dataset.name not in LOADERS:
         raise ConfigError(
@@ -84,9 +87,9 @@ def validate(cfg: DictConfig) -> None:
     _number(cfg, "selector.filter_ratio", float, low=0.0, high=1.0)
     _number(cfg, "selector.candidate_batch_size", int, low=1, allow_none=True)
     _number(cfg, "selector.min_keep", int, low=1)
-    _number(cfg, "optimizer.lr", float, low=0.0)
-    if _get(cfg, "optimizer.lr") == 0:
-        raise ConfigError("optimizer.lr must be positive, got 0")
+    _number(cfg, "optimizer.lr", float)
+    if _get(cfg, "optimizer.lr") <= 0:
+        raise ConfigError(f"optimizer.lr must be > 0, got {_get(cfg, 'optimizer.lr')!r}")
     _number(cfg, "eval.batch_size", int, low=1)
     _number(cfg, "eval.train_subset", int, low=1, allow_none=True)
     _number(cfg, "eval.target_acc", float, low=0.0, high=1.0, high_open=False, allow_none=True)

@@ -164,10 +164,22 @@ def _plain(cfg: DictConfig) -> dict:
     return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
 
 
+def holds_a_run(run_dir: Path) -> bool:
+    markers = ("checkpoint.pt", "checkpoint.prev.pt", "status.json", "summary.json")
+    return run_dir.is_dir() and any((run_dir / name).exists() for name in markers)
+
+
 def run(cfg: DictConfig) -> float:
     """The task wrapper: record the outcome in status.json whatever happens."""
     apply_smoke(cfg)
     run_dir = Path(cfg.resume) if cfg.get("resume") else Path(cfg.paths.output_dir)
+    if cfg.get("resume") and not holds_a_run(run_dir):  # a typo must not start a new run there
+        print(
+            f"error: resume={cfg.resume} holds no run (no checkpoint.pt, status.json or "
+            "summary.json); give the directory of a run to continue",
+            file=sys.stderr,
+        )
+        sys.exit(2)
     files = RunFiles(run_dir)
     runtime = hydra_runtime()
     files.write_status("running", overrides=runtime.overrides)

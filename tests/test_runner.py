@@ -169,6 +169,10 @@ def test_diverging_loss_stops_with_a_clear_message_and_no_summary(quick, tmp_pat
         ("selector=saln selector.similarity=euclid", "selector.similarity must be one of"),
         ("selector=topq_loss selector.q=2", "selector.q must be"),
         ("model=lenet dataset.image_size=8", "model=lenet needs inputs of at least 16x16"),
+        ("seed=-1", "seed must be an integer in [0, 2**32)"),
+        (f"seed={2**40}", "seed must be an integer in [0, 2**32)"),
+        ("optimizer.lr=-1", "optimizer.lr must be > 0"),
+        ("optimizer.lr=0", "optimizer.lr must be > 0"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_code_2(make_cfg, tmp_path, capsys, override, needle):
@@ -187,3 +191,15 @@ def test_finite_or_null_numbers_in_jsonl(quick, tmp_path):
     for row in read_metrics(tmp_path / "run"):
         for value in row.values():
             assert value is None or not isinstance(value, float) or math.isfinite(value)
+
+
+def test_resume_of_a_directory_without_a_run_is_refused_and_writes_nothing(
+    make_cfg, tmp_path, capsys
+):
+    typo = tmp_path / "outputs" / "runs" / "typo"
+    with pytest.raises(SystemExit) as exit_info:
+        run(make_cfg(f"resume={typo}"))
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "holds no run" in err[0] and str(typo) in err[0]
+    assert not typo.exists() and not (tmp_path / "run").exists()

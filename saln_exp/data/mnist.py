@@ -39,6 +39,8 @@ def load(cfg: DictConfig, data_dir: str) -> SourceData:
         test_images=images(test),
         test_targets=test.targets.long(),
         num_classes=10,
-        mean=MEAN,
-        std=STD,
+        # normalize=false feeds pixels in [0, 1] (torchvision's ToTensor alone), to study how much
+        # the input scale changes a recipe's losses
+        mean=MEAN if cfg.get("normalize", True) else (0.0,),
+        std=STD if cfg.get("normalize", True) else (1.0,),
     )
