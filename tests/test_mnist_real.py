@@ -37,9 +37,12 @@ def mnist_dir(tmp_path_factory):
 
 
 def recipe(make_cfg, mnist_dir, *overrides):
+    """Table 4.5's FCNet100 recipe on standardised pixels: they reach 0.95 test accuracy in 5
+    epochs, the thesis' raw [0, 1] pixels (the experiment file's default) in 11."""
     return make_cfg(
-        "experiment=assist_4_5", "model.hidden=100", f"paths.data_dir={mnist_dir}", *overrides
-    )
+        "experiment=assist_4_5", "model.hidden=100", "dataset.normalize=true",
+        f"paths.data_dir={mnist_dir}", *overrides,
+    )  # fmt: skip
 
 
 def metrics(run_dir):

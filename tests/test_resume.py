@@ -59,6 +59,29 @@ def test_resume_from_a_mid_epoch_checkpoint_matches_an_uninterrupted_run(
     assert metrics(tmp_path / "run") == metrics(tmp_path / "straight")
 
 
+def test_epochwise_filtering_resumed_mid_epoch_logs_the_epochs_own_kept_fraction(
+    make_cfg, tmp_path, monkeypatch
+):
+    """The epoch's filtered set comes from the checkpointed order; its kept fraction must too."""
+    overrides = (
+        *SMALL,
+        "selector=accuracy_epoch",
+        "trainer.epochs=3",
+        "trainer.checkpoint_every_steps=2",
+    )
+    straight = make_cfg(*overrides)
+    straight.paths.output_dir = str(tmp_path / "straight")
+    run(straight)
+    steps = [r["optim/steps"] for r in metrics(tmp_path / "straight")]
+    assert steps[1] - steps[0] >= 4  # room for a checkpoint inside epoch 2
+    interrupt_at_step(monkeypatch, steps[0] + (steps[1] - steps[0]) // 2 + 1)
+    with pytest.raises(KeyboardInterrupt):
+        run(make_cfg(*overrides))
+    monkeypatch.undo()
+    run(make_cfg(*overrides))
+    assert metrics(tmp_path / "run") == metrics(tmp_path / "straight")
+
+
 def test_accumulation_buffer_and_forgetting_counts_survive_a_resume(
     make_cfg, tmp_path, monkeypatch
 ):

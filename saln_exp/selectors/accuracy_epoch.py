@@ -37,6 +37,13 @@ class EpochAccuracyFilter(Selector):
             return torch.arange(len(train))
         return wrong
 
+    def state_dict(self) -> dict:  # a mid-epoch resume must log the epoch's own kept fraction
+        return {**super().state_dict(), "epoch_kept_frac": self.epoch_kept_frac}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.epoch_kept_frac = float(state.get("epoch_kept_frac", 1.0))
+
     def choose(self, batch: Batch, view: BatchView):
         diagnostics = {"epoch_kept_frac": self.epoch_kept_frac}
         if not self.batchwise:
