@@ -1078,6 +1078,15 @@ def to_markdown(results: dict[str, Any]) -> str:
         f"{m.get('load_average_end')} at end.",
         "Times are medians of repeated runs with [first-third quartile]; ratios are taken round by "
         "round (both sides timed back to back) and summarised the same way.",
+    ]
+    if results.get("updated"):
+        u = results["updated"]
+        lines.append(
+            f"Sections {', '.join(u['sections'])} re-run on {u['created']} ({u['seconds']:.0f} s, "
+            f"load average {u['machine'].get('load_average_start')} at start, "
+            f"{u['machine'].get('load_average_end')} at end); the others are from the run above."
+        )
+    lines += [
         "",
         "## Targets",
         "",
@@ -1351,12 +1360,53 @@ def run(
     with contextlib.suppress(OSError):
         results["machine"]["load_average_end"] = [round(v, 2) for v in os.getloadavg()]
     results["total_seconds"] = time.perf_counter() - start
+    results = merged_with_earlier(results, out_dir / "results.json", sections)
     results["targets"] = evaluate_targets(results, quick)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "results.json").write_text(json.dumps(results, indent=2, default=_jsonable) + "\n")
     markdown = to_markdown(results)
     (out_dir / "results.md").write_text(markdown)
     return results
+
+
+SECTION_KEYS = {
+    "saln": "saln_vs_algorithm1",
+    "selectors": "selector_overhead",
+    "runner": "runner_vs_plain",
+    "memory": "peak_memory",
+    "selective": "selective_backward",
+    "epochs": "epoch_times",
+}
+
+
+def merged_with_earlier(
+    results: dict[str, Any], earlier_path: Path, sections: tuple[str, ...]
+) -> dict[str, Any]:
+    """`--only` re-runs some sections: keep the other sections' numbers from the earlier
+    results.json of the same settings, and say in the header which sections are new."""
+    if set(sections) == set(SECTIONS) or not earlier_path.exists():
+        return results
+    try:
+        earlier = json.loads(earlier_path.read_text())
+    except (OSError, ValueError):
+        return results
+    if earlier.get("schema") != SCHEMA_VERSION or earlier.get("quick") != results["quick"]:
+        return results
+    merged = dict(earlier)
+    for section in sections:
+        merged[SECTION_KEYS[section]] = results.get(SECTION_KEYS[section], [])
+        if section in results["errors"]:
+            merged.setdefault("errors", {})[section] = results["errors"][section]
+        else:
+            merged.get("errors", {}).pop(section, None)
+    merged["updated"] = {
+        "sections": list(sections),
+        "created": results["created"],
+        "seconds": results["total_seconds"],
+        "machine": results["machine"],
+    }
+    merged["sections"] = sorted(set(earlier.get("sections", [])) | set(sections))
+    return merged
 
 
 def _jsonable(value: Any) -> Any:

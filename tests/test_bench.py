@@ -212,3 +212,14 @@ def test_quick_benchmark_runs_every_section(tmp_path):
 def test_unknown_section_is_refused(tmp_path):
     with pytest.raises(SystemExit):
         bench.main(["--quick", "--out", str(tmp_path), "--only", "saln,nope"])
+
+
+def test_only_reruns_some_sections_and_keeps_the_others(tmp_path):
+    assert bench.main(["--quick", "--out", str(tmp_path), "--only", "saln"]) == 0
+    first = json.loads((tmp_path / "results.json").read_text())
+    assert bench.main(["--quick", "--out", str(tmp_path), "--only", "selective"]) == 0
+    merged = json.loads((tmp_path / "results.json").read_text())
+    assert merged["saln_vs_algorithm1"] == first["saln_vs_algorithm1"]
+    assert merged["selective_backward"] and merged["updated"]["sections"] == ["selective"]
+    assert set(merged["sections"]) == {"saln", "selective"}
+    assert "re-run on" in (tmp_path / "results.md").read_text()
