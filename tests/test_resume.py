@@ -59,47 +59,46 @@ def test_resume_from_a_mid_epoch_checkpoint_matches_an_uninterrupted_run(
     assert metrics(tmp_path / "run") == metrics(tmp_path / "straight")
 
 
-def test_epochwise_filtering_resumed_mid_epoch_logs_the_epochs_own_kept_fraction(
-    make_cfg, tmp_path, monkeypatch
-):
-    """The epoch's filtered set comes from the checkpointed order; its kept fraction must too."""
-    overrides = (
-        *SMALL,
-        "selector=accuracy_epoch",
-        "trainer.epochs=3",
-        "trainer.checkpoint_every_steps=2",
-    )
+def straight_run(make_cfg, tmp_path, overrides) -> list[dict]:
+    """The uninterrupted run a resumed one must reproduce; its metrics."""
     straight = make_cfg(*overrides)
     straight.paths.output_dir = str(tmp_path / "straight")
     run(straight)
-    steps = [r["optim/steps"] for r in metrics(tmp_path / "straight")]
-    assert steps[1] - steps[0] >= 4  # room for a checkpoint inside epoch 2
-    interrupt_at_step(monkeypatch, steps[0] + (steps[1] - steps[0]) // 2 + 1)
+    return metrics(tmp_path / "straight")
+
+
+def killed_at_step_then_rerun(make_cfg, tmp_path, monkeypatch, overrides, step) -> list[dict]:
+    interrupt_at_step(monkeypatch, step)
     with pytest.raises(KeyboardInterrupt):
         run(make_cfg(*overrides))
     monkeypatch.undo()
     run(make_cfg(*overrides))
-    assert metrics(tmp_path / "run") == metrics(tmp_path / "straight")
+    return metrics(tmp_path / "run")
+
+
+def test_epochwise_filtering_resumed_mid_epoch_logs_the_epochs_own_kept_fraction(
+    make_cfg, tmp_path, monkeypatch
+):
+    """The epoch's filtered set comes from the checkpointed order; its kept fraction must too."""
+    overrides = (*SMALL, "selector=accuracy_epoch", "trainer.epochs=3",
+                 "trainer.checkpoint_every_steps=2")  # fmt: skip
+    straight = straight_run(make_cfg, tmp_path, overrides)
+    steps = [r["optim/steps"] for r in straight]
+    assert steps[1] - steps[0] >= 4  # room for a checkpoint inside epoch 2
+    middle_of_epoch_2 = steps[0] + (steps[1] - steps[0]) // 2 + 1
+    assert (
+        killed_at_step_then_rerun(make_cfg, tmp_path, monkeypatch, overrides, middle_of_epoch_2)
+        == straight
+    )
 
 
 def test_accumulation_buffer_and_forgetting_counts_survive_a_resume(
     make_cfg, tmp_path, monkeypatch
 ):
-    overrides = (
-        *SMALL,
-        "selector=accuracy",
-        "trainer.epochs=3",
-        "trainer.checkpoint_every_steps=3",
-    )
-    straight = make_cfg(*overrides)
-    straight.paths.output_dir = str(tmp_path / "straight")
-    run(straight)
-    interrupt_at_step(monkeypatch, 20)
-    with pytest.raises(KeyboardInterrupt):
-        run(make_cfg(*overrides))
-    monkeypatch.undo()
-    run(make_cfg(*overrides))
-    assert metrics(tmp_path / "run") == metrics(tmp_path / "straight")
+    overrides = (*SMALL, "selector=accuracy", "trainer.epochs=3",
+                 "trainer.checkpoint_every_steps=3")  # fmt: skip
+    straight = straight_run(make_cfg, tmp_path, overrides)
+    assert killed_at_step_then_rerun(make_cfg, tmp_path, monkeypatch, overrides, 20) == straight
 
 
 def test_a_truncated_checkpoint_is_reported_and_the_previous_one_used(make_cfg, tmp_path, caplog):
