@@ -1023,7 +1023,7 @@ def evaluate_targets(results: dict[str, Any], quick: bool) -> list[dict[str, Any
         )
     epochs = results.get("epoch_times") or []
     for family, need_min in (("FCNet100", 5.0), ("LeNet", 30.0)):
-        rows = [r for r in epochs if r["case"].startswith(family)]
+        rows = [r for r in epochs if r["case"].split(",")[0] == family]
         n = RECIPE_EPOCHS[family.rstrip("0123456789")]
         projected = [
             r["seconds"]["wall"]["first"] + (n - 1) * r["seconds"]["wall"]["later"] for r in rows
@@ -1082,7 +1082,9 @@ def to_markdown(results: dict[str, Any]) -> str:
     if results.get("updated"):
         u = results["updated"]
         lines.append(
-            f"Sections {', '.join(u['sections'])} re-run on {u['created']} ({u['seconds']:.0f} s, "
+            f"Sections {', '.join(u['sections'])} re-run on {u['created']} on "
+            f"{u['machine']['cpu']}, {u['machine']['cores']} cores, torch "
+            f"{u['machine']['torch_threads']} thread(s) ({u['seconds']:.0f} s, "
             f"load average {u['machine'].get('load_average_start')} at start, "
             f"{u['machine'].get('load_average_end')} at end); the others are from the run above."
         )
