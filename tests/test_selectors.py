@@ -195,14 +195,27 @@ def test_jest_per_sample_conditional_logits_are_the_learnability_itself():
     (no temperature that falls with |A|)."""
     rng = np.random.default_rng(0)
     learner, reference = rng.exponential(size=50), rng.exponential(size=50)
-    scores = per_sample_scores(torch.tensor(learner), torch.tensor(reference)).numpy()
-    assert np.array_equal(scores, np.diag(learner - reference))
+    learnability = per_sample_scores(torch.tensor(learner), torch.tensor(reference))
+    assert np.array_equal(learnability.numpy(), learner - reference)
+    scores = np.diag(learnability.numpy())
     for size in (1, 4, 20):
         chosen = np.zeros(50)
         chosen[rng.choice(50, size, replace=False)] = 1
         logits = np.diag(scores) + chosen @ scores + scores @ chosen
         unchosen = chosen == 0
         assert np.allclose(logits[unchosen], (learner - reference)[unchosen])
+
+
+def test_jest_on_the_learnability_vector_draws_what_the_diagonal_matrix_draws():
+    """The per-sample fast path (a vector) and the general score-matrix path pick the same
+    samples from the same random stream."""
+    learnability = torch.tensor(np.random.default_rng(3).normal(size=64))
+    for first_chunk in ("learnability", "uniform"):
+        a = joint_sample(learnability, 13, 4, torch.Generator().manual_seed(5), first_chunk)
+        b = joint_sample(
+            torch.diag(learnability), 13, 4, torch.Generator().manual_seed(5), first_chunk
+        )
+        assert torch.equal(a, b)
 
 
 def jest_select(batch, reference, first_chunk="learnability", n_chunks=4, filter_ratio=0.75):

@@ -44,9 +44,7 @@ class Batch:
 class Selection:
     positions: Tensor  # positions in the candidate batch to train on: unique, sorted
     diagnostics: dict[str, float] = field(default_factory=dict)
-    fallback: bool = (
-        False  # the filter kept too few and a uniform draw replaced it (never when accumulating)
-    )
+    fallback: bool = False  # too few kept, a uniform draw replaced them (never when accumulating)
 
 
 @dataclass

@@ -12,7 +12,8 @@ first chunk of some third-party ports is `first_chunk: uniform`).
 Image classification has a per-sample loss (cross-entropy): a pair (i, j != i) has no loss, so
 the score matrix is diagonal, s = diag(l - r), and every chunk, whatever was chosen before, is
 drawn from softmax(l - r) over the unchosen samples at one fixed temperature. That is what runs
-here. `joint_sample` takes any score matrix, so a batch-level loss (`batch_scores`) slots in.
+here, on the vector l - r. `joint_sample` also takes a full score matrix, so a batch-level loss
+(`batch_scores`) slots in.
 Exactly k = int(n (1 - f)) samples are kept: the chunks split k without losing any to rounding
 (JEST's int(n (1 - f) / n_chunks) per chunk would keep fewer).
 """
@@ -36,8 +37,8 @@ def chunk_sizes(k: int, n_chunks: int) -> list[int]:
 
 
 def per_sample_scores(learner: Tensor, reference: Tensor) -> Tensor:
-    """JEST's score matrix for a per-sample loss: learnability on the diagonal, no pair terms."""
-    return torch.diag(learner.double().cpu() - reference.double().cpu())
+    """JEST's scores for a per-sample loss: the diagonal of its score matrix (no pair terms)."""
+    return learner.double().cpu() - reference.double().cpu()
 
 
 def joint_sample(
@@ -47,18 +48,24 @@ def joint_sample(
     generator: torch.Generator,
     first_chunk: str = "learnability",
 ) -> Tensor:
-    """JEST's chunked joint sampling on an n x n score matrix; returns k distinct positions."""
+    """JEST's chunked joint sampling; returns k distinct positions.
+
+    `scores` is the n x n score matrix of a batch-level loss, or the n learnabilities of a
+    per-sample loss (a diagonal matrix, whose conditional logits are the learnabilities
+    themselves: no O(n^2) work per chunk)."""
     n = scores.shape[0]
     scores = scores.double().cpu()
-    diagonal = scores.diagonal()
+    diagonal = scores if scores.dim() == 1 else scores.diagonal()
     chosen = torch.zeros(n, dtype=torch.bool)
     picks = []
     for number, size in enumerate(chunk_sizes(k, n_chunks)):
         if number == 0 and first_chunk == "uniform":
             pick = torch.randperm(n, generator=generator)[:size]
         else:
-            mask = chosen.double()
-            logits = diagonal + mask @ scores + scores @ mask  # + sum_{i in A} s_ij + s_ji
+            logits = diagonal.clone()
+            if scores.dim() == 2:  # + sum_{i in A} s_ij + sum_{i in A} s_ji
+                mask = chosen.double()
+                logits += mask @ scores + scores @ mask
             logits[chosen] = -torch.inf
             probs = torch.softmax(logits, dim=0)
             pick = torch.multinomial(probs, size, replacement=False, generator=generator)
@@ -94,13 +101,14 @@ class JEST(Selector):
         return ViewSources(reference_losses=ReferenceLosses.prepare(ctx, self.reference_options))
 
     def batch_scores(self, view: BatchView) -> Tensor:
-        """The n x n learnability matrix; per-sample cross-entropy makes it diagonal."""
+        """Learnability: per-sample cross-entropy gives the diagonal of JEST's score matrix only
+        (a batch-level loss would return the n x n matrix here)."""
         return per_sample_scores(view.losses, view.reference_losses)
 
     def choose(self, batch: Batch, view: BatchView):
         scores = self.batch_scores(view)
         k = self.keep_count(len(batch))
         keep = joint_sample(scores, k, self.n_chunks, self.generator, self.first_chunk)
-        learnability = scores.diagonal()
+        learnability = scores if scores.dim() == 1 else scores.diagonal()
         return keep, {"learnability_kept": learnability[keep].mean().item(),
                       "learnability_mean": learnability.mean().item()}  # fmt: skip
