@@ -9,7 +9,6 @@ Checkpoints hold tensors and plain Python values only and are read with `weights
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
@@ -17,11 +16,12 @@ import numpy as np
 import torch
 
 from saln_exp.errors import ConfigError, UserError
+from saln_exp.rundir import CHECKPOINT, PREVIOUS_CHECKPOINT, save_torch
 from saln_exp.safe_load import load_plain
 
 log = logging.getLogger(__name__)
 
-LATEST, PREVIOUS = "checkpoint.pt", "checkpoint.prev.pt"
+LATEST, PREVIOUS = CHECKPOINT, PREVIOUS_CHECKPOINT
 # keys that may differ between the run that wrote a checkpoint and the one resuming it
 RESUMABLE_CHANGES = (
     "paths", "resume", "logger", "tags", "metric", "trainer.progress", "trainer.epochs",
@@ -38,11 +38,9 @@ class Checkpoints:
         return self.latest.exists() or self.previous.exists()
 
     def save(self, state: dict[str, Any]) -> None:
-        tmp = self.dir / (LATEST + ".tmp")
-        torch.save(state, tmp)
-        if self.latest.exists():
-            os.replace(self.latest, self.previous)
-        os.replace(tmp, self.latest)
+        """The new checkpoint is complete on disk before the old one is moved aside; a write
+        that fails (disk full) leaves both old ones as they were."""
+        save_torch(self.latest, state, keep_previous=self.previous)
 
     def load(self) -> dict[str, Any] | None:
         """The newest readable checkpoint, or None when there is none."""

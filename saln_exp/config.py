@@ -3,12 +3,16 @@ the key, the value, and what is allowed. Hydra reports unknown group choices its
 
 from __future__ import annotations
 
+import difflib
+import functools
 import re
 from typing import Any
 
 import torch
+import yaml
 from omegaconf import DictConfig, OmegaConf
 
+from saln_exp import PROJECT_ROOT
 from saln_exp.data import LOADERS
 from saln_exp.data.noise import NOISE_KINDS
 from saln_exp.errors import ConfigError
@@ -64,8 +68,59 @@ def resolve_device(requested: str) -> torch.device:
     return device
 
 
+# groups whose keys are all declared in conf/ (selector options are checked by each selector)
+CHECKED_GROUPS = ("trainer", "dataset", "eval", "model", "optimizer", "scheduler")
+GLOBAL_FILES = ("config.yaml", "experiment/*.yaml", "debug/*.yaml", "hparams_search/*.yaml")
+
+
+def _dotted(node: Any, prefix: str) -> set[str]:
+    if not isinstance(node, dict):
+        return set()
+    keys = set()
+    for key, value in node.items():
+        if key == "defaults":
+            continue
+        keys.add(prefix + str(key))
+        keys |= _dotted(value, f"{prefix}{key}.")
+    return keys
+
+
+@functools.cache
+def declared_keys() -> frozenset[str]:
+    """Every dotted key of the checked groups that some file in conf/ declares."""
+    conf = PROJECT_ROOT / "conf"
+    keys: set[str] = set()
+    for pattern in GLOBAL_FILES:
+        for path in conf.glob(pattern):
+            keys |= _dotted(yaml.safe_load(path.read_text()) or {}, "")
+    for group in CHECKED_GROUPS:
+        for path in (conf / group).glob("*.yaml"):
+            keys |= _dotted(yaml.safe_load(path.read_text()) or {}, f"{group}.")
+    return frozenset(k for k in keys if k.split(".")[0] in CHECKED_GROUPS)
+
+
+def check_known_keys(cfg: DictConfig) -> None:
+    """A key added with `+group.key=...` that no config file declares is a typo: name the
+    closest declared key (Hydra itself refuses unknown keys only without the `+`)."""
+    declared = declared_keys()
+    container = OmegaConf.to_container(cfg, resolve=False)
+    for group in CHECKED_GROUPS:
+        for key in sorted(_dotted(container.get(group), f"{group}.")):
+            if key in declared:
+                continue
+            parent = key.rsplit(".", 1)[0]
+            if parent != group and parent not in declared:
+                continue  # inside a node that is already reported
+            siblings = [k for k in declared if "." in k and k.rsplit(".", 1)[0] == parent]
+            close = difflib.get_close_matches(key, siblings, n=1, cutoff=0.6)
+            hint = f"; did you mean {close[0]}?" if close else ""
+            raise ConfigError(f"unknown key {key}{hint} (the keys of {parent}: "
+                              f"{', '.join(sorted(k.rsplit('.', 1)[1] for k in siblings))})")  # fmt: skip
+
+
 def validate(cfg: DictConfig) -> None:
     """Check every value the run depends on; raise ConfigError on the first wrong one."""
+    check_known_keys(cfg)
     seed = _get(cfg, "seed")
     if seed is not None and (
         isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < SEED_LIMIT

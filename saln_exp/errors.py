@@ -19,3 +19,7 @@ class DataMissingError(UserError):
 
 class NonFiniteLossError(UserError):
     """Training diverged: the loss became NaN or infinite."""
+
+
+class DataCorruptError(UserError):
+    """A dataset's files are on disk but cannot be read (truncated, garbage, failed checksum)."""

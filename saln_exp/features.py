@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from saln_exp.cache import publish_torch
 from saln_exp.data.base import IMAGENET_MEAN, IMAGENET_STD, DataBundle
 from saln_exp.models.weights import pretrained_state_dict
 from saln_exp.safe_load import load_cached
@@ -127,8 +128,5 @@ class FeatureStore:
         )
         net = build_backbone(backbone, weights, download)
         features = extract(net, data, size, batch_size, device)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        torch.save(features.cpu(), tmp)
-        tmp.replace(path)
+        publish_torch(path, features.cpu(), "pretrained features")
         return cls(features)

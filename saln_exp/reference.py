@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 from torch import Tensor, nn
 
+from saln_exp.cache import publish_torch
 from saln_exp.data.base import DataBundle, Split
 from saln_exp.errors import ConfigError
 from saln_exp.fit import fit
@@ -152,14 +153,7 @@ class ReferenceLosses:
         with torch.random.fork_rng(devices=[]):  # the learner's random stream stays untouched
             torch.manual_seed(settings["seed"] + 97)
             fit_reference(model, split, ctx.data, settings, ctx.device)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        torch.save(model.state_dict(), tmp)
-        tmp.replace(path)
-        log.info(
-            "reference model: trained %d epochs on %s, cached at %s",
-            settings["epochs"],
-            settings["split"],
-            path,
-        )
+        if publish_torch(path, model.state_dict(), "reference model"):
+            log.info("reference model: trained %d epochs on %s, cached at %s",
+                     settings["epochs"], settings["split"], path)  # fmt: skip
         return model

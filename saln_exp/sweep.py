@@ -7,9 +7,9 @@ and exits non-zero if any job failed, so a sweep never reports success over a fa
 
 from __future__ import annotations
 
-import json
 import logging
 import os
+import signal
 import sys
 import time
 from dataclasses import dataclass, field
@@ -21,9 +21,14 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from saln_exp.tracking import write_json
+from saln_exp.errors import UserError
+from saln_exp.rundir import STATUS, SUMMARY, SWEEP, read_json, write_json
 
 log = logging.getLogger(__name__)
+
+# set by the local launcher for its jobs (submitit's local executor passes no cpus per task)
+CPUS_PER_TASK_ENV = "SALN_CPUS_PER_TASK"
+LATEST = "latest"
 
 
 @dataclass
@@ -52,18 +57,17 @@ def hydra_runtime() -> Runtime:
 def collect_jobs(sweep_dir: Path) -> list[dict[str, Any]]:
     """Every job directory under the sweep with its status, overrides and headline numbers."""
     jobs = []
-    for status_path in sorted(sweep_dir.glob("**/status.json")):
+    for status_path in sorted(sweep_dir.glob(f"**/{STATUS}")):
         job_dir = status_path.parent
-        status = json.loads(status_path.read_text())
+        status = read_json(status_path)
         entry = {
             "dir": str(job_dir.relative_to(sweep_dir)),
             "status": status.get("status"),
             "overrides": status.get("overrides", []),
             "error": status.get("error"),
         }
-        summary_path = job_dir / "summary.json"
-        if summary_path.exists():
-            summary = json.loads(summary_path.read_text())
+        summary = read_json(job_dir / SUMMARY)
+        if summary:
             entry.update(metric=summary.get("metric"), value=summary.get("metric_value"))
         jobs.append(entry)
     jobs.sort(key=lambda j: (len(j["dir"]), j["dir"]))
@@ -74,7 +78,7 @@ def write_sweep_json(sweep_dir: Path, started: str | None = None) -> list[dict[s
     jobs = collect_jobs(sweep_dir)
     failed = [j for j in jobs if j["status"] != "completed"]
     write_json(
-        sweep_dir / "sweep.json",
+        sweep_dir / SWEEP,
         {
             "status": "failed" if failed else "completed",
             "started": started,
@@ -89,9 +93,21 @@ def write_sweep_json(sweep_dir: Path, started: str | None = None) -> list[dict[s
 
 def point_latest_at(sweep_dir: Path) -> None:
     """`<sweeps>/latest` -> the newest sweep, for `make report` and `make compare`. Only a
-    symlink (or nothing) named `latest` is replaced, never a real directory."""
+    symlink (or nothing) named `latest` is replaced, never a real directory. A sweep resumed
+    through the link itself (`hydra.sweep.dir=.../latest`) leaves it as it is."""
+    if sweep_dir.is_symlink():
+        if not sweep_dir.exists():
+            raise UserError(
+                f"hydra.sweep.dir={sweep_dir} is a link to nothing ({os.readlink(sweep_dir)})"
+            )
+        return
+    if sweep_dir.name == LATEST:
+        raise UserError(
+            f"hydra.sweep.dir={sweep_dir} does not exist; `{LATEST}` names the newest sweep, "
+            "so run one first (or give the sweep's own directory)"
+        )
     sweep_dir.mkdir(parents=True, exist_ok=True)
-    latest = sweep_dir.parent / "latest"
+    latest = sweep_dir.parent / LATEST
     if latest.exists() and not latest.is_symlink():
         return
     tmp = sweep_dir.parent / f".latest.{os.getpid()}"
@@ -106,7 +122,30 @@ class SweepStatus(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         self.started = time.strftime("%Y-%m-%dT%H:%M:%S")
-        point_latest_at(Path(config.hydra.sweep.dir))
+        sweep_dir = Path(config.hydra.sweep.dir)
+        try:
+            point_latest_at(sweep_dir)
+        except UserError as err:
+            print(f"error: {err}", file=sys.stderr)
+            sys.exit(2)
+        self._record_on_signals(sweep_dir)
+
+    def _record_on_signals(self, sweep_dir: Path) -> None:
+        """A sweep killed while it waits for its jobs (parallel launchers) still writes sweep.json.
+        Jobs that run in this process install their own handlers for their duration."""
+
+        def record_and_exit(signum: int, frame: Any) -> None:
+            jobs = write_sweep_json(sweep_dir, self.started)
+            print(f"sweep interrupted by {signal.Signals(signum).name}: {len(jobs)} job(s) recorded "
+                  f"in {sweep_dir / SWEEP}; rerun with hydra.sweep.dir={sweep_dir} to continue",
+                  file=sys.stderr)  # fmt: skip
+            sys.exit(128 + signum)
+
+        try:
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(signum, record_and_exit)
+        except ValueError:  # not the main thread
+            pass
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)

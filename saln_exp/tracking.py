@@ -7,42 +7,23 @@ run continues on the local files.
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 import netrc
 import os
-import socket
 import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
 from saln_exp import PROJECT_ROOT
+from saln_exp.rundir import WANDB_ID, RunFiles, atomic_write, jsonable
 
 log = logging.getLogger(__name__)
 
 X_AXES = ("epoch", "time/wall_s", "samples/backprop")
-
-
-def jsonable(value: Any) -> Any:
-    """JSON has no NaN / inf: write them as null so every JSON reader can load the files."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [jsonable(v) for v in value]
-    return value
-
-
-def write_json(path: Path, payload: dict) -> None:
-    """Atomic: a reader never sees half a file, even if the job is killed mid-write."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(jsonable(payload), indent=2, sort_keys=True) + "\n")
-    tmp.replace(path)
+# how long a run waits for the W&B server before it logs offline (compute nodes often have no route)
+INIT_TIMEOUT_S = 10
 
 
 def git_commit() -> str | None:
@@ -65,49 +46,6 @@ def git_commit() -> str | None:
         return sha + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return None
-
-
-class RunFiles:
-    """The run directory's files."""
-
-    def __init__(self, run_dir: str | Path):
-        self.dir = Path(run_dir)
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self.metrics_path = self.dir / "metrics.jsonl"
-        self.summary_path = self.dir / "summary.json"
-        self.status_path = self.dir / "status.json"
-
-    def write_config(self, cfg: DictConfig) -> None:
-        OmegaConf.save(cfg, self.dir / "config.yaml", resolve=True)
-
-    def append_metrics(self, metrics: dict[str, Any]) -> None:
-        with self.metrics_path.open("a") as fh:
-            fh.write(json.dumps(jsonable(metrics), sort_keys=True) + "\n")
-
-    def rewrite_metrics(self, history: list[dict[str, Any]]) -> None:
-        """After a resume: exactly the epochs the checkpoint holds, no duplicates."""
-        tmp = self.metrics_path.with_suffix(".jsonl.tmp")
-        tmp.write_text("".join(json.dumps(jsonable(m), sort_keys=True) + "\n" for m in history))
-        tmp.replace(self.metrics_path)
-
-    def write_summary(self, summary: dict[str, Any]) -> None:
-        write_json(self.summary_path, summary)
-
-    def write_status(self, status: str, **extra: Any) -> None:
-        """Status with what was there before (overrides, start time) carried over."""
-        previous = json.loads(self.status_path.read_text()) if self.status_path.exists() else {}
-        payload = {
-            "overrides": previous.get("overrides", []),
-            "started": previous.get("started", time.strftime("%Y-%m-%dT%H:%M:%S")),
-            "status": status,
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
-            "host": socket.gethostname(),
-            "pid": os.getpid(),
-            "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
-            "slurm_restart_count": int(os.environ.get("SLURM_RESTART_COUNT", 0)),
-            **extra,
-        }
-        write_json(self.status_path, payload)
 
 
 def wandb_mode(requested: str) -> str:
@@ -141,34 +79,30 @@ class WandbRun:
         if mode == "disabled":
             return None
         try:
+            return cls(_init(cfg, run_dir, run_id, name, group, mode))
+        except Exception as err:  # W&B must never take the run down
+            if mode != "online":
+                log.warning("W&B disabled for this run (%s: %s); metrics stay in %s",
+                            type(err).__name__, err, run_dir)  # fmt: skip
+                return None
+            # the usual compute node: a key but no route to the server. Offline keeps every
+            # number for a later `wandb sync`, under the same id and display name.
+            log.warning("W&B server not reachable within %d s (%s); logging offline instead",
+                        INIT_TIMEOUT_S, type(err).__name__)  # fmt: skip
+            return cls.start_offline(cfg, run_dir, run_id, name, group)
+
+    @classmethod
+    def start_offline(
+        cls, cfg: DictConfig, run_dir: Path, run_id: str, name: str, group: str | None
+    ) -> WandbRun | None:
+        try:
             import wandb
 
-            run = wandb.init(
-                project=cfg.logger.project,
-                entity=cfg.logger.get("entity"),
-                group=cfg.logger.get("group") or group,
-                job_type=cfg.logger.get("job_type") or cfg.selector.name,
-                name=cfg.logger.get("run_name") or name,
-                tags=list(cfg.logger.get("tags") or []),
-                config=OmegaConf.to_container(cfg, resolve=True),
-                dir=str(run_dir),
-                id=run_id,
-                resume="allow",
-                mode=mode,
-                settings=wandb.Settings(init_timeout=120, console="off", silent=True),
-            )
-            for axis in X_AXES:
-                run.define_metric(axis)
-            run.define_metric("*", step_metric="epoch")
-            run.define_metric("test/acc", summary="max")
-            return cls(run)
-        except Exception as err:  # W&B must never take the run down
-            log.warning(
-                "W&B disabled for this run (%s: %s); metrics stay in %s",
-                type(err).__name__,
-                err,
-                run_dir,
-            )
+            wandb.teardown()  # the failed online attempt still holds the run id in W&B's service
+            return cls(_init(cfg, run_dir, run_id, name, group, "offline"))
+        except Exception as err:
+            log.warning("W&B disabled for this run (%s: %s); metrics stay in %s",
+                        type(err).__name__, err, run_dir)  # fmt: skip
             return None
 
     def _guard(self, what: str, fn, *args, **kwargs) -> None:
@@ -197,13 +131,39 @@ class WandbRun:
     def finish(self, failed: bool = False) -> None:
         if self.run is None:
             return
-        offline = (
-            self.run.settings.mode == "offline" if hasattr(self.run.settings, "mode") else False
-        )
-        sync_dir = Path(self.run.settings.sync_file).parent if offline else None
+        offline = getattr(self.run.settings, "mode", None) == "offline"
+        run_dir, run_id = Path(self.run.settings.root_dir), self.run.id
         self._guard("finish", lambda: self.run.finish(exit_code=1 if failed else 0))
-        if sync_dir is not None:
-            log.info("W&B run saved offline; upload it with: wandb sync %s", sync_dir)
+        self.run = None
+        if offline:
+            # every offline part of this run (one per resume), oldest first
+            parts = sorted(run_dir.glob(f"wandb/offline-run-*-{run_id}"))
+            log.warning("W&B run saved offline; upload it with: wandb sync %s",
+                        " ".join(str(p) for p in parts))  # fmt: skip
+
+
+def _init(cfg: DictConfig, run_dir: Path, run_id: str, name: str, group: str | None, mode: str):
+    import wandb
+
+    run = wandb.init(
+        project=cfg.logger.project,
+        entity=cfg.logger.get("entity"),
+        group=cfg.logger.get("group") or group,
+        job_type=cfg.logger.get("job_type") or cfg.selector.name,
+        name=cfg.logger.get("run_name") or name,
+        tags=list(cfg.logger.get("tags") or []),
+        config=OmegaConf.to_container(cfg, resolve=True),
+        dir=str(run_dir),
+        id=run_id,
+        resume="allow",
+        mode=mode,
+        settings=wandb.Settings(init_timeout=INIT_TIMEOUT_S, console="off", silent=True),
+    )
+    for axis in X_AXES:
+        run.define_metric(axis)
+    run.define_metric("*", step_metric="epoch")
+    run.define_metric("test/acc", summary="max")
+    return run
 
 
 class Tracking:
@@ -219,13 +179,13 @@ class Tracking:
 
     def _run_id(self) -> str:
         """Stable per run directory, so a resumed run continues the same W&B run."""
-        path = self.files.dir / "wandb_id"
+        path = self.files.path(WANDB_ID)
         if path.exists():
             return path.read_text().strip()
         import uuid
 
         run_id = uuid.uuid4().hex[:12]
-        path.write_text(run_id + "\n")
+        atomic_write(path, lambda tmp: tmp.write_text(run_id + "\n"))
         return run_id
 
     def log_epoch(self, metrics: dict[str, Any]) -> None:
@@ -244,8 +204,8 @@ class Tracking:
             self.wandb.finish()
         self.files.write_status("completed")
 
-    def fail(self, error: BaseException) -> None:
-        self.files.write_status("failed", error=f"{type(error).__name__}: {error}")
+    def fail(self, error: BaseException, status: str = "failed") -> None:
+        """The W&B side of a run that did not complete (the entry point writes status.json)."""
         if self.wandb is not None:
-            self.wandb.summary({"status": "failed", "error": str(error)})
+            self.wandb.summary({"status": status, "error": f"{type(error).__name__}: {error}"})
             self.wandb.finish(failed=True)

@@ -19,20 +19,23 @@ from pathlib import Path
 import hydra
 import numpy as np
 import torch
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
 from saln_exp import PROJECT_ROOT
-from saln_exp.checkpoint import Checkpoints
+from saln_exp.checkpoint import Checkpoints, check_same_run
 from saln_exp.config import resolve_device, validate
 from saln_exp.data import build_data
-from saln_exp.errors import UserError
+from saln_exp.errors import ConfigError, UserError
 from saln_exp.metrics import summarize
 from saln_exp.models import build_model
 from saln_exp.prune import prune_dataset
 from saln_exp.report.console import print_run_summary
+from saln_exp.rundir import CHECKPOINT, METRICS, STATUS, SUMMARY, RunFiles
 from saln_exp.selectors import build_selector
-from saln_exp.sweep import hydra_runtime
-from saln_exp.tracking import RunFiles, Tracking, git_commit
+from saln_exp.stop import Interrupted, stop_on_signals
+from saln_exp.sweep import CPUS_PER_TASK_ENV, hydra_runtime, write_sweep_json
+from saln_exp.tracking import Tracking, git_commit
 from saln_exp.trainer import Trainer
 
 log = logging.getLogger("saln_exp")
@@ -55,15 +58,6 @@ def seed_everything(cfg: DictConfig) -> int:
     else:
         torch.backends.cudnn.benchmark = bool(cfg.trainer.get("cudnn_benchmark", True))
     return seed
-
-
-def adopt_checkpoint_seed(cfg: DictConfig, run_dir: Path) -> None:
-    """`seed: null` draws a seed; a resumed run must continue with the one drawn the first time."""
-    checkpoints = Checkpoints(run_dir)
-    if cfg.seed is None and checkpoints.exists():
-        saved = checkpoints.saved_config() or {}
-        with open_dict(cfg):
-            cfg.seed = saved.get("seed")
 
 
 def apply_smoke(cfg: DictConfig) -> None:
@@ -104,9 +98,11 @@ def apply_smoke(cfg: DictConfig) -> None:
 def train(cfg: DictConfig, run_dir: Path) -> dict:
     """Build everything from the config and fit; return the run summary."""
     validate(cfg)
-    adopt_checkpoint_seed(cfg, run_dir)
     seed = seed_everything(cfg)
     device = resolve_device(cfg.device)
+    threads, source = set_threads(cfg.trainer.get("threads"))
+    log.info("run %s: %s + %s + %s on %s, %d torch thread(s) (%s)", run_dir, cfg.dataset.name,
+             cfg.model.name, cfg.selector.name, device, threads, source)  # fmt: skip
     selector = build_selector(cfg.selector, seed)  # option errors surface before data is read
     data = build_data(cfg.dataset, cfg.paths, device)
     data, prune_record = prune_dataset(cfg, data, device, run_dir)
@@ -138,6 +134,9 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
         log_figures_to_wandb(tracking, summary, run_dir)
         tracking.complete(summary)
         return summary
+    except Interrupted as err:
+        tracking.fail(err, status="interrupted")
+        raise
     except BaseException as err:
         tracking.fail(err)
         raise
@@ -164,36 +163,95 @@ def _plain(cfg: DictConfig) -> dict:
     return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
 
 
-def holds_a_run(run_dir: Path) -> bool:
-    markers = ("checkpoint.pt", "checkpoint.prev.pt", "status.json", "summary.json")
-    return run_dir.is_dir() and any((run_dir / name).exists() for name in markers)
+def set_threads(requested: int | None) -> tuple[int, str]:
+    """torch's intra-op threads for this job: `trainer.threads`, else OMP_NUM_THREADS, else the
+    CPUs the scheduler gave the job, else the CPUs this process may run on. Default torch threads on a shared node, or
+    one per job of a parallel sweep, oversubscribe the cores and make small ops many times slower."""
+    if requested is not None:
+        threads, source = int(requested), "trainer.threads"
+    elif os.environ.get("OMP_NUM_THREADS", "").isdigit():
+        threads, source = int(os.environ["OMP_NUM_THREADS"]), "OMP_NUM_THREADS"
+    elif os.environ.get("SLURM_CPUS_PER_TASK"):
+        threads, source = int(os.environ["SLURM_CPUS_PER_TASK"]), "SLURM_CPUS_PER_TASK"
+    elif os.environ.get(CPUS_PER_TASK_ENV):
+        threads, source = int(os.environ[CPUS_PER_TASK_ENV]), "the launcher's cpus_per_task"
+    else:
+        threads, source = len(os.sched_getaffinity(0)), "the CPUs this process may use"
+    torch.set_num_threads(max(1, threads))
+    return torch.get_num_threads(), source
+
+
+def check_the_directory(cfg: DictConfig, files: RunFiles) -> None:
+    """Refuse, before anything is written, a directory whose files belong to another run."""
+    checkpoints = Checkpoints(files.dir)
+    if checkpoints.exists():
+        saved = checkpoints.saved_config() or {}
+        if cfg.seed is None:  # `seed: null` drew one the first time; continue with it
+            with open_dict(cfg):
+                cfg.seed = saved.get("seed")
+        check_same_run(saved, _plain(cfg), files.dir)
+    elif files.holds_results():
+        raise ConfigError(
+            f"{files.dir} holds the results of an earlier run ({SUMMARY} or {METRICS}) and no "
+            "checkpoint to continue it (trainer.checkpoint=false?); choose a new hydra.run.dir, "
+            "or delete those files to run it again"
+        )
+    # a summary describes a finished run: the run continued here writes its own when it ends
+    files.summary_path.unlink(missing_ok=True)
+
+
+def refuse(message: str, multirun: bool) -> float:
+    """A user error: one line and exit 2, or in a sweep a logged failure and NaN."""
+    if multirun:
+        log.error("job failed: %s", message)
+        return math.nan
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def stopped(err: Interrupted, files: RunFiles, runtime, started: bool) -> None:
+    """Interrupted: status, one line, sweep.json, and the exit status of the signal."""
+    if started:
+        files.try_write_status("interrupted", error=err.signal_name, overrides=runtime.overrides)
+    resumable = Checkpoints(files.dir).exists()
+    print(
+        f"interrupted by {err.signal_name}: "
+        + (f"rerun the same command to resume {files.dir} from its last checkpoint"
+           if resumable else f"no checkpoint in {files.dir}, a rerun starts over"),
+        file=sys.stderr,
+    )  # fmt: skip
+    if runtime.multirun:
+        write_sweep_json(Path(HydraConfig.get().sweep.dir))
+    sys.exit(128 + err.signum)
 
 
 def run(cfg: DictConfig) -> float:
-    """The task wrapper: record the outcome in status.json whatever happens."""
+    """The task wrapper: own the run directory and record the outcome whatever happens."""
     apply_smoke(cfg)
     run_dir = Path(cfg.resume) if cfg.get("resume") else Path(cfg.paths.output_dir)
-    if cfg.get("resume") and not holds_a_run(run_dir):  # a typo must not start a new run there
-        print(
-            f"error: resume={cfg.resume} holds no run (no checkpoint.pt, status.json or "
-            "summary.json); give the directory of a run to continue",
-            file=sys.stderr,
-        )
-        sys.exit(2)
     files = RunFiles(run_dir)
     runtime = hydra_runtime()
-    files.write_status("running", overrides=runtime.overrides)
+    if cfg.get("resume") and not files.holds_a_run():  # a typo must not start a new run there
+        return refuse(
+            f"resume={cfg.resume} holds no run (no {CHECKPOINT}, {STATUS} or {SUMMARY}); "
+            "give the directory of a run to continue",
+            runtime.multirun,
+        )
+    started = False  # nothing is written before the directory is ours and its files are this run's
     try:
-        summary = train(cfg, run_dir)
+        with files.claimed(), stop_on_signals():
+            check_the_directory(cfg, files)
+            files.write_status("running", overrides=runtime.overrides)
+            started = True
+            summary = train(cfg, run_dir)
     except UserError as err:
-        files.write_status("failed", error=str(err), overrides=runtime.overrides)
-        if runtime.multirun:
-            log.error("job failed: %s", err)
-            return math.nan
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+        if started:
+            files.try_write_status("failed", error=str(err), overrides=runtime.overrides)
+        return refuse(str(err), runtime.multirun)
+    except Interrupted as err:
+        stopped(err, files, runtime, started)
     except Exception as err:
-        files.write_status(
+        files.try_write_status(
             "failed", error=f"{type(err).__name__}: {err}", traceback=traceback.format_exc(),
             overrides=runtime.overrides,
         )  # fmt: skip
@@ -202,7 +260,10 @@ def run(cfg: DictConfig) -> float:
             return math.nan
         raise
     except BaseException as err:  # KeyboardInterrupt, SystemExit: resumable, not failed
-        files.write_status("interrupted", error=type(err).__name__, overrides=runtime.overrides)
+        if started:
+            files.try_write_status(
+                "interrupted", error=type(err).__name__, overrides=runtime.overrides
+            )
         raise
     print_run_summary(summary, run_dir)
     return float(summary["metric_value"])

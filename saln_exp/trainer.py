@@ -24,12 +24,14 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from saln_exp import stop
 from saln_exp.checkpoint import Checkpoints, check_same_run, numpy_rng_state, set_numpy_rng_state
 from saln_exp.data.base import DataBundle
 from saln_exp.errors import NonFiniteLossError
 from saln_exp.forgetting import ForgettingTracker
 from saln_exp.metrics import Timers, evaluate_split, ratios
 from saln_exp.optim import build_optimizer, build_scheduler
+from saln_exp.rundir import FINAL_LAYER, FORGETTING, SELECTION_EXAMPLE, save_npz, save_torch
 from saln_exp.selectors import Batch, BatchView, RunContext, Selection, Selector, ViewSources
 from saln_exp.selectors.accumulate import Accumulator
 from saln_exp.tracking import Tracking
@@ -164,9 +166,11 @@ class Trainer:
             self.sources = self.selector.prepare(self.ctx)
         if not resumed and self.tracking is not None:
             self.tracking.files.rewrite_metrics([])
-        while self.progress.epoch < self.epochs:
-            self.run_epoch()
-            self.end_epoch()
+        with stop.deferred():  # a signal stops the run after a batch, with a checkpoint
+            while self.progress.epoch < self.epochs:
+                self.run_epoch()
+                self.end_epoch()
+                stop.check()
         self.save_final_artifacts()
         return self.progress.history
 
@@ -211,6 +215,11 @@ class Trainer:
                 and p.cursor < n_batches
             ):
                 self.save_checkpoint()
+            if stop.STATE.requested is not None and p.cursor < n_batches:
+                if self.cfg.trainer.get("checkpoint", True):
+                    self.save_checkpoint()
+                bar.close()
+                stop.check()
         bar.close()
         p.order = None
 
@@ -272,7 +281,8 @@ class Trainer:
         images = (batch.x[:limit].float() * pipe.std + pipe.mean).clamp(0, 1)
         kept = torch.zeros(len(batch), dtype=torch.bool, device=batch.y.device)
         kept[selection.positions] = True
-        torch.save(
+        save_torch(
+            self.run_dir / SELECTION_EXAMPLE,
             {
                 "images": (images * 255).round().to(torch.uint8).cpu(),
                 "labels": batch.y[:limit].cpu(),
@@ -281,20 +291,19 @@ class Trainer:
                 "selector": self.cfg.selector.name,
                 "batch": self.progress.cursor,
             },
-            self.run_dir / "selection_example.pt",
         )
 
     def save_final_artifacts(self) -> None:
         """Final-layer weights (SALN Fig. 9-10) and per-sample forgetting counts (Toneva et al.)."""
         head = self.model.classifier
-        np.savez_compressed(
-            self.run_dir / "final_layer.npz",
+        save_npz(
+            self.run_dir / FINAL_LAYER,
             weight=head.weight.detach().float().cpu().numpy(),
             bias=head.bias.detach().float().cpu().numpy() if head.bias is not None else np.zeros(0),
         )
         index = self.data.train.indices.cpu()
-        np.savez_compressed(
-            self.run_dir / "forgetting.npz",
+        save_npz(
+            self.run_dir / FORGETTING,
             index=index.numpy(),
             events=self.forgetting.events.cpu()[index].numpy(),
             learned=self.forgetting.learned.cpu()[index].numpy(),

@@ -49,6 +49,7 @@ def compose_cfg(tmp_path: Path, *overrides: str) -> DictConfig:
         if "paths.data_dir" not in " ".join(overrides):
             cfg.paths.data_dir = str(tmp_path / "data")
         cfg.trainer.progress = False
+        cfg.trainer.threads = 1  # see torch.set_num_threads(1) above
     return cfg
 
 

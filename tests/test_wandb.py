@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 
 import pytest
 import wandb
@@ -94,3 +95,35 @@ def test_wandb_logging_failure_mid_run_does_not_fail_the_run(
     rows = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     assert len(rows) == 2
     assert any("W&B log failed" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.slow
+def test_an_unreachable_server_falls_back_to_offline_quickly_and_says_how_to_sync(
+    make_cfg, tmp_path, caplog, monkeypatch
+):
+    """A compute node with a key but no route: a local port that refuses connections."""
+    monkeypatch.setenv("WANDB_MODE", "online")
+    monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    run_dir = tmp_path / "run"
+    hints = []
+    for epochs in (1, 2):  # the second run resumes the first: two offline parts, one W&B run
+        caplog.clear()
+        start = time.perf_counter()
+        with caplog.at_level(logging.INFO):
+            run(
+                make_cfg(
+                    "logger=wandb", "logger.run_name=unreachable", *FAST, f"trainer.epochs={epochs}"
+                )
+            )
+        assert time.perf_counter() - start < 60  # was 129 s of waiting, then no W&B at all
+        assert json.loads((run_dir / "status.json").read_text())["status"] == "completed"
+        assert any("logging offline instead" in r.getMessage() for r in caplog.records)
+        hints += [r.getMessage() for r in caplog.records if "wandb sync" in r.getMessage()]
+    parts = sorted((run_dir / "wandb").glob("offline-run-*"))
+    run_id = (run_dir / "wandb_id").read_text().strip()
+    assert len(parts) == 2 and all(p.name.endswith(run_id) for p in parts)
+    assert len(hints) == 2 and all(str(p) in hints[-1] for p in parts)  # once per run, all parts
+    for part in parts:
+        info = run_info(next(part.glob("*.wandb")))
+        assert info["name"] == "unreachable" and info["id"] == run_id

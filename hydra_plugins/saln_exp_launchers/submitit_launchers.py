@@ -23,7 +23,8 @@ from hydra_plugins.hydra_submitit_launcher import submitit_launcher as upstream
 from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
 from omegaconf import OmegaConf
 
-from saln_exp.tracking import RunFiles
+from saln_exp.rundir import RunFiles
+from saln_exp.sweep import CPUS_PER_TASK_ENV
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +51,9 @@ class TolerantCollection:
                 state = "unknown"
             reason = f"job {job.job_id} ended in state {state} without a result"
             job_dir = Path(str(self.config.hydra.sweep.dir)) / str(idx)
-            RunFiles(job_dir).write_status(
+            files = RunFiles(job_dir)
+            files.mkdir()
+            files.try_write_status(
                 "failed",
                 error=f"{type(err).__name__}: {reason}",
                 overrides=overrides,
@@ -111,4 +114,8 @@ class SlurmLauncher(TolerantCollection, upstream.SlurmLauncher):
 
 
 class LocalLauncher(TolerantCollection, upstream.LocalLauncher):
-    pass
+    def _submit(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> list[Any]:
+        # submitit's local executor does not tell a job its cpus_per_task; the jobs inherit this
+        # environment, and saln-train sizes its torch thread pool from it
+        os.environ[CPUS_PER_TASK_ENV] = str(self.params.get("cpus_per_task") or 1)
+        return super()._submit(job_overrides, initial_job_idx)

@@ -22,8 +22,8 @@ POLICIES = {"assist": assist_cifar_batched, "saln": saln_pets_batched}
 
 VARIANTS = {
     # name: (torchvision class, classes, mean, std, folder torchvision expects)
-    "cifar10": (CIFAR10, 10, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), "cifar-10-batches-py/"),
-    "cifar100": (CIFAR100, 100, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), "cifar-100-python/"),
+    "cifar10": (CIFAR10, 10, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), "cifar-10-batches-py/{data_batch_1,data_batch_2,data_batch_3,data_batch_4,data_batch_5,test_batch}"),
+    "cifar100": (CIFAR100, 100, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), "cifar-100-python/{train,test}"),
 }
 
 

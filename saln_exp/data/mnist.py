@@ -25,7 +25,7 @@ def load(cfg: DictConfig, data_dir: str) -> SourceData:
             "mnist",
             data_dir,
             bool(cfg.download),
-            "MNIST/raw/*-idx?-ubyte",
+            "MNIST/raw/{train-images-idx3-ubyte,train-labels-idx1-ubyte,t10k-images-idx3-ubyte,t10k-labels-idx1-ubyte}",
         )
 
     train, test = read(True), read(False)

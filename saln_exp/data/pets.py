@@ -16,9 +16,11 @@ from torchvision.datasets import OxfordIIITPet
 from torchvision.transforms import v2 as T
 from tqdm import tqdm
 
+from saln_exp.cache import publish_torch
 from saln_exp.data.augment import saln_pets_batched
 from saln_exp.data.base import IMAGENET_MEAN, IMAGENET_STD, SourceData
 from saln_exp.data.fetch import open_torchvision
+from saln_exp.errors import DataCorruptError
 from saln_exp.safe_load import load_cached
 
 
@@ -55,15 +57,17 @@ def _read(cfg: DictConfig, data_dir: str, cache_dir: str | None, split: str, siz
     images = torch.empty(len(ds), 3, size, size, dtype=torch.uint8)
     targets = torch.empty(len(ds), dtype=torch.long)
     for i in tqdm(range(len(ds)), desc=f"decoding pets/{split}", leave=False):
-        image, label = ds[i]
+        try:
+            image, label = ds[i]
+        except OSError as err:  # a missing or undecodable JPEG that the annotation lists
+            raise DataCorruptError(
+                f"pets: annotations/{split}.txt lists {ds._images[i]}, which cannot be read "
+                f"({type(err).__name__}); restore the file or download the dataset again"
+            ) from None
         images[i] = resize(image.convert("RGB"))
         targets[i] = label
     if cache is not None:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        # a private temporary name: parallel sweep jobs may decode and publish at the same time
-        tmp = cache.with_name(f"{cache.name}.{os.getpid()}.tmp")
-        torch.save({"images": images, "targets": targets}, tmp)
-        tmp.replace(cache)
+        publish_torch(cache, {"images": images, "targets": targets}, f"decoded pets/{split}")
     return images, targets
 
 

@@ -21,7 +21,6 @@ import hashlib
 import json
 import logging
 import math
-import os
 import time
 import zipfile
 from collections.abc import Callable
@@ -32,6 +31,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from saln_exp.cache import publish
 from saln_exp.data.base import DataBundle
 from saln_exp.errors import ConfigError
 from saln_exp.prune import confident_learning, el2n, forgetting, grand
@@ -42,7 +42,7 @@ from saln_exp.prune.common import (
     scorer_settings,
     subset_train,
 )
-from saln_exp.tracking import write_json
+from saln_exp.rundir import LABEL_NOISE, PRUNE, write_json
 
 __all__ = ["METHODS", "prune_dataset", "subset_train", "validate_prune", "write_label_noise"]
 
@@ -118,7 +118,7 @@ def write_label_noise(cfg: DictConfig, data: DataBundle, run_dir: Path) -> Path 
     noisy = noisy_mask(data)
     positions = np.flatnonzero(noisy)
     noise = cfg.dataset.label_noise
-    path = Path(run_dir) / "label_noise.json"
+    path = Path(run_dir) / LABEL_NOISE
     path.parent.mkdir(parents=True, exist_ok=True)
     write_json(
         path,
@@ -172,7 +172,7 @@ def prune_dataset(
     }
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    write_json(run_dir / "prune.json", record_file)
+    write_json(run_dir / PRUNE, record_file)
     np.savez_compressed(
         run_dir / "prune_scores.npz",
         index=index,
@@ -249,11 +249,13 @@ def cached_result(
     start = time.perf_counter()
     result = method(cfg, data, device)
     seconds = time.perf_counter() - start
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npz")  # jobs may race
-    np.savez_compressed(
-        tmp, index=index, keep=result.keep, scores=result.scores, seconds=seconds,
-        info=np.array(json.dumps(result.info)), **result.arrays,
-    )  # fmt: skip
-    tmp.replace(path)
+
+    def write(tmp: Path) -> None:
+        with tmp.open("wb") as fh:  # a file object: numpy would append .npz to a path
+            np.savez_compressed(
+                fh, index=index, keep=result.keep, scores=result.scores, seconds=seconds,
+                info=np.array(json.dumps(result.info)), **result.arrays,
+            )  # fmt: skip
+
+    publish(path, write, f"prune={cfg.prune.name} scores")
     return result, False, seconds

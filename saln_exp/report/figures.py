@@ -22,6 +22,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
+from saln_exp import rundir
 from saln_exp.report.load import Runs, load_runs
 from saln_exp.report.tables import TRAIN_SECONDS, with_train_seconds
 from saln_exp.safe_load import UNREADABLE, load_plain
@@ -123,7 +124,7 @@ def montage(images: np.ndarray, kept: np.ndarray, border: int = 2) -> np.ndarray
 def load_example(run_dir: str | Path) -> dict | None:
     """The run's saved selection example, read as plain tensors only (a crafted file in a shared
     sweep directory must not run code on its reader); an unreadable one skips the figure."""
-    path = Path(run_dir) / "selection_example.pt"
+    path = Path(run_dir) / rundir.SELECTION_EXAMPLE
     if not path.exists():
         return None
     try:
@@ -217,7 +218,7 @@ def run_file_figures(group: str, runs: pd.DataFrame, out_dir: Path) -> list[Path
     if examples:
         figure = selection_figure(examples, f"{group}: samples kept in one batch")
         paths += save(figure, out_dir, f"{group}_selection")
-    layer_files = {r.variant: Path(r.run_dir) / "final_layer.npz" for r in shown.itertuples()}
+    layer_files = {r.variant: Path(r.run_dir) / rundir.FINAL_LAYER for r in shown.itertuples()}
     layers = {
         variant: np.load(path, allow_pickle=False)["weight"]
         for variant, path in layer_files.items()

@@ -8,7 +8,6 @@ never from directory names.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import Any
 import pandas as pd
 import yaml
 
+from saln_exp import rundir
 from saln_exp.errors import UserError
 
 # the columns that say which configuration a run is; everything else is a measurement
@@ -60,7 +60,7 @@ SUMMARY_COLUMNS = [
 ]
 # SALN's names for its methods; ASSIST's names for its filtering modes
 SALN_METHODS = {"none": "standard", "saln": "saln", "jest": "jest", "uniform": "uniform"}
-RUN_FILES = ("summary.json", "status.json", "metrics.jsonl")
+RUN_FILES = (rundir.SUMMARY, rundir.STATUS, rundir.METRICS)
 
 
 class ReportError(UserError):
@@ -167,26 +167,22 @@ def _train_seconds(final: dict[str, Any]) -> float:
 
 
 def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text()) if path.exists() else {}
-    except json.JSONDecodeError:
-        return {}
+    return rundir.read_json(path)
 
 
 def read_curve(path: Path) -> pd.DataFrame:
     """metrics.jsonl as a frame (nulls -> NaN); empty when the run has not finished an epoch."""
-    lines = path.read_text().splitlines() if path.exists() else []
-    records = [json.loads(line) for line in lines if line.strip()]
+    records = rundir.read_jsonl(path)  # a half-written last line is skipped with a warning
     return pd.DataFrame.from_records(records).apply(pd.to_numeric, errors="coerce")
 
 
 def read_local_run(run_dir: Path, run_id: str) -> tuple[dict[str, Any], pd.DataFrame]:
-    summary = _read_json(run_dir / "summary.json")
-    status = _read_json(run_dir / "status.json").get("status") or summary.get("status") or "unknown"
+    summary = _read_json(run_dir / rundir.SUMMARY)
+    status = _read_json(run_dir / rundir.STATUS).get("status") or summary.get("status") or "unknown"
     config = summary.get("config")
-    if config is None and (run_dir / "config.yaml").exists():
-        config = yaml.safe_load((run_dir / "config.yaml").read_text())
-    curve = read_curve(run_dir / "metrics.jsonl")
+    if config is None and (run_dir / rundir.CONFIG).exists():
+        config = yaml.safe_load((run_dir / rundir.CONFIG).read_text())
+    curve = read_curve(run_dir / rundir.METRICS)
     row = run_row(run_id, status, config or {}, summary, curve)
     row["run_dir"] = str(run_dir)
     return row, curve.assign(run_id=run_id)

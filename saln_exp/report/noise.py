@@ -18,6 +18,7 @@ import pandas as pd
 import yaml
 from matplotlib.figure import Figure
 
+from saln_exp import rundir
 from saln_exp.report.figures import save
 from saln_exp.report.tables import Table, mean_std_n
 
@@ -30,7 +31,7 @@ GROUP_COLORS = {"clean": "tab:blue", "noisy": "tab:red", "all": "tab:gray"}
 def forgetting_counts(run_dir: str | Path) -> pd.DataFrame:
     """Samples per number of forgetting events and group (clean / noisy, or all without noise);
     never-learned samples get their own row (events = inf: forgotten infinitely often)."""
-    with np.load(Path(run_dir) / "forgetting.npz", allow_pickle=False) as f:
+    with np.load(Path(run_dir) / rundir.FORGETTING, allow_pickle=False) as f:
         events, learned, presented = f["events"], f["learned"].astype(bool), f["presented"]
         noisy = f["noisy"].astype(bool) if "noisy" in f.files else np.zeros(len(events), bool)
     seen = presented > 0
@@ -90,7 +91,7 @@ def forgetting_figures(runs: pd.DataFrame, out_dir: Path) -> list[Path]:
     """One histogram per configuration (its lowest seed) among completed runs with forgetting.npz."""
     done = add_noise_columns(runs[runs["status"] == "completed"])
     done = done[
-        done["run_dir"].map(lambda d: isinstance(d, str) and (Path(d) / "forgetting.npz").exists())
+        done["run_dir"].map(lambda d: isinstance(d, str) and (Path(d) / rundir.FORGETTING).exists())
     ]
     paths: list[Path] = []
     first = (
@@ -104,10 +105,10 @@ def forgetting_figures(runs: pd.DataFrame, out_dir: Path) -> list[Path]:
 
 # -- label-noise table ----------------------------------------------------------------------------
 def _config(run_dir: Path) -> dict[str, Any]:
-    summary = _read_json(run_dir / "summary.json")
+    summary = _read_json(run_dir / rundir.SUMMARY)
     if summary.get("config"):
         return summary["config"]
-    path = run_dir / "config.yaml"
+    path = run_dir / rundir.CONFIG
     return yaml.safe_load(path.read_text()) if path.exists() else {}
 
 
@@ -131,7 +132,7 @@ def add_noise_columns(runs: pd.DataFrame) -> pd.DataFrame:
     extra = []
     for run_dir in runs["run_dir"]:
         run_dir = Path(run_dir) if isinstance(run_dir, str) else None
-        summary = _read_json(run_dir / "summary.json") if run_dir else {}
+        summary = _read_json(run_dir / rundir.SUMMARY) if run_dir else {}
         config = _config(run_dir) if run_dir else {}
         noise = (config.get("dataset") or {}).get("label_noise") or {}
         row = {
