@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from saln_exp.cache import publish_torch
 from saln_exp.data.base import IMAGENET_MEAN, IMAGENET_STD, DataBundle
+from saln_exp.errors import ConfigError
 from saln_exp.models.weights import pretrained_state_dict
 from saln_exp.safe_load import load_cached
 
@@ -36,12 +37,20 @@ BACKBONES = {
 NOT_CONTENT = {"batch_size", "val_fraction", "label_noise", "download", "augment"}
 
 
+def check_backbone(name: str, weights: str | None) -> None:
+    """Both strings name a cache file, so only known names pass (no `../` out of the cache)."""
+    if name not in BACKBONES:
+        raise ConfigError(f"selector.backbone must be one of {sorted(BACKBONES)}, got {name!r}")
+    known = [w.name for w in BACKBONES[name][1]]
+    if weights is not None and weights not in known:
+        raise ConfigError(
+            f"selector.backbone_weights must be one of {known} or null for {name}, got {weights!r}"
+        )
+
+
 def build_backbone(name: str, weights: str | None, download: bool) -> nn.Module:
     """The backbone without its classification head, in eval mode, gradients off."""
-    if name not in BACKBONES:
-        from saln_exp.errors import ConfigError
-
-        raise ConfigError(f"selector.backbone must be one of {sorted(BACKBONES)}, got {name!r}")
+    check_backbone(name, weights)
     factory, weights_enum = BACKBONES[name]
     net = factory(weights=None)
     if weights:

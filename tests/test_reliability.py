@@ -407,3 +407,11 @@ def test_the_run_log_says_how_many_threads(tmp_path):
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "1 torch thread(s) (trainer.threads)" in (tmp_path / "run" / "train.log").read_text()
+
+
+@pytest.mark.parametrize("weights", ["../../../tmp/evil", "IMAGENET9K_V9"])
+def test_backbone_weights_that_are_not_a_known_name_are_refused_at_start(make_cfg, capsys, weights):
+    cfg = make_cfg(*SMALL[:4], "selector=saln", "selector.features=pretrained",
+                   f"selector.backbone_weights={weights}", "trainer.epochs=1")  # fmt: skip
+    line = refused(capsys, run, cfg)
+    assert "selector.backbone_weights must be one of" in line and "IMAGENET1K_V1" in line

@@ -30,7 +30,7 @@ from threadpoolctl import ThreadpoolController
 from torch import Tensor
 
 from saln_exp.errors import ConfigError
-from saln_exp.features import FeatureStore
+from saln_exp.features import FeatureStore, check_backbone
 from saln_exp.selectors.base import (
     FEATURE_SOURCES,
     Batch,
@@ -238,6 +238,8 @@ class SALN(Selector):
                 raise ConfigError(
                     f"selector.{key} must be one of {allowed} for selector=saln, got {value!r}"
                 )
+        if features == "pretrained":
+            check_backbone(backbone, backbone_weights)
         self.feature_source = features
         self.similarity = similarity
         self.solver = solver
