@@ -25,6 +25,7 @@ UNREADABLE = (
     EOFError,
     ValueError,
     OSError,
+    IndexError,  # random bytes: torch reads a header that is not there
     zipfile.BadZipFile,
 )
 

@@ -415,3 +415,28 @@ def test_backbone_weights_that_are_not_a_known_name_are_refused_at_start(make_cf
                    f"selector.backbone_weights={weights}", "trainer.epochs=1")  # fmt: skip
     line = refused(capsys, run, cfg)
     assert "selector.backbone_weights must be one of" in line and "IMAGENET1K_V1" in line
+
+
+@pytest.mark.parametrize("damage", ["random-bytes", "truncated"])
+def test_a_damaged_reference_checkpoint_is_one_line(make_cfg, tmp_path, capsys, damage):
+    good = tmp_path / "good.pt"
+    torch.save({"w": torch.zeros(3)}, good)
+    bad = tmp_path / "reference.pt"
+    bad.write_bytes(os.urandom(300) if damage == "random-bytes" else good.read_bytes()[:40])
+    cfg = make_cfg(
+        *SMALL[:4], "selector=rho", f"selector.reference.checkpoint={bad}", "trainer.epochs=1"
+    )
+    line = refused(capsys, run, cfg)
+    assert f"selector.reference.checkpoint {bad} is not a state_dict" in line
+
+
+@pytest.mark.parametrize("damage", ["random-bytes", "truncated"])
+def test_a_damaged_reference_cache_is_retrained_with_a_warning(make_cfg, tmp_path, caplog, damage):
+    overrides = (*SMALL[:4], "selector=rho", "selector.reference.epochs=1", "trainer.epochs=1")
+    run(make_cfg(*overrides))
+    (cached,) = (tmp_path / "cache" / "reference").glob("*.pt")
+    cached.write_bytes(os.urandom(300) if damage == "random-bytes" else cached.read_bytes()[:40])
+    shutil.rmtree(tmp_path / "run")
+    run(make_cfg(*overrides))
+    assert "reference model cache" in caplog.text and "unreadable" in caplog.text
+    assert rundir.read_json(tmp_path / "run" / rundir.STATUS)["status"] == "completed"
