@@ -5,8 +5,9 @@
     saln-report outputs/sweeps/a outputs/sweeps/b --format latex
     saln-report --wandb my-entity/saln-exp:my-sweep-group       # online only
 
-Everything is written to `<first dir>/report/` (or --out): tables.<md|csv|tex>, runs.csv (one row
-per run), curves.csv (one row per run and epoch) and figures/*.png|pdf.
+Everything is written to `<first dir>/report/` (or --out): tables.md or tables.tex (as printed),
+tables/<title>.csv (each table's numbers, one header row), runs.csv (one row per run), curves.csv
+(one row per run and epoch, with selector, dataset, model, seed and experiment) and figures/*.png|pdf.
 """
 
 from __future__ import annotations
@@ -16,11 +17,21 @@ import re
 import sys
 from pathlib import Path
 
+import pandas as pd
+
 from saln_exp.report.figures import report_figures
 from saln_exp.report.load import ReportError, Runs, load_runs, load_wandb, resolve_source
 from saln_exp.report.noise import forgetting_figures, noise_table
 from saln_exp.report.paper import all_specs, specs_for
-from saln_exp.report.tables import FORMATS, Table, compare_table, paper_table, render
+from saln_exp.report.tables import (
+    FORMATS,
+    LATEX_PREAMBLE,
+    Table,
+    compare_table,
+    paper_table,
+    render,
+    slug,
+)
 
 SUFFIX = {"markdown": "md", "csv": "csv", "latex": "tex"}
 TABLE_CHOICES = ("auto", "all", "compare", "paper", "noise")
@@ -100,13 +111,36 @@ def status_line(runs: Runs) -> str | None:
     return f"note: {unfinished.sum()} of {len(runs.runs)} runs did not complete ({detail}); their cells show as missing"
 
 
+CURVE_IDENTITY = ["selector", "dataset", "model", "seed", "experiment"]
+
+
+def curves_with_identity(runs: Runs) -> pd.DataFrame:
+    """curves.csv plots without joins: every epoch row says which run configuration it is."""
+    identity = runs.runs[["run_id", *[c for c in CURVE_IDENTITY if c in runs.runs]]]
+    curves = runs.curves.drop(columns=[c for c in CURVE_IDENTITY if c in runs.curves])
+    return identity.merge(curves, on="run_id", how="right")
+
+
 def write_outputs(runs: Runs, tables: list[Table], fmt: str, out: Path) -> list[Path]:
-    out.mkdir(parents=True, exist_ok=True)
-    paths = [out / f"tables.{SUFFIX[fmt]}", out / "runs.csv", out / "curves.csv"]
-    paths[0].write_text("\n".join(render(t, fmt) for t in tables))
-    runs.runs.to_csv(paths[1], index=False)
-    runs.curves.to_csv(paths[2], index=False)
+    """runs.csv, curves.csv, one CSV of numbers per table (tables/<title>.csv), and the printed
+    tables as tables.md or tables.tex."""
+    (out / "tables").mkdir(parents=True, exist_ok=True)
+    paths = [out / "runs.csv", out / "curves.csv"]
+    runs.runs.to_csv(paths[0], index=False)
+    curves_with_identity(runs).to_csv(paths[1], index=False)
+    for table in tables:
+        paths.append(out / "tables" / f"{slug(table.title)}.csv")
+        paths[-1].write_text(render(table, "csv"))
+    if fmt != "csv":
+        paths.append(out / f"tables.{SUFFIX[fmt]}")
+        head = LATEX_PREAMBLE if fmt == "latex" else ""
+        paths[-1].write_text(head + "\n".join(render(t, fmt) for t in tables))
     return paths
+
+
+def _printed(table: Table, fmt: str) -> str:
+    """On the terminal a CSV table gets its title above it; the files hold the bare CSV."""
+    return f"# {table.title}\n{render(table, fmt)}" if fmt == "csv" else render(table, fmt)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -119,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ReportError(
                 f"no table to print: --table {args.table} matches none of the runs' experiments"
             )
-        print("\n".join(render(t, args.format) for t in tables))
+        print("\n".join(_printed(t, args.format) for t in tables))
         written = write_outputs(runs, tables, args.format, out)
         if not args.no_figures:
             written += report_figures(runs, out / "figures")

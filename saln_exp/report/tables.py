@@ -7,6 +7,7 @@ completed run is missing ("—"), never zero.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -110,13 +111,80 @@ def numeric_frame(table: Table) -> pd.DataFrame:
     return flat.reset_index()
 
 
-def render(table: Table, fmt: str = "markdown") -> str:
-    """The table as Markdown (title, table, note), CSV (numbers) or LaTeX (a tabular with caption)."""
-    if fmt == "csv":
-        return f"# {table.title}\n" + numeric_frame(table).to_csv(index=False)
+def slug(title: str) -> str:
+    """A file and \\label name from a title: lower case, letters and digits joined by `_`."""
+    return re.sub(r"[^a-z0-9]+", "_", title.lower()).strip("_") or "table"
+
+
+LATEX_SPECIALS = {
+    "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+    "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
+    "±": r"$\pm$", MISSING: "---", "≥": r"$\geq$", "≤": r"$\leq$", "×": r"$\times$",
+}  # fmt: skip
+LATEX_PREAMBLE = (
+    "% needs \\usepackage{booktabs}, \\usepackage{graphicx} and \\usepackage{rotating}\n"
+)
+WIDE = 10  # columns above which a table is set sideways (a landscape page), as the thesis does
+
+
+def latex_escape(text: object) -> str:
+    return "".join(LATEX_SPECIALS.get(ch, ch) for ch in str(text))
+
+
+def latex_header(keys: list[str], values: list[str]) -> list[str]:
+    """Two header rows: each metric once over its `ours` / `paper` columns (as the papers lay
+    them out), then which is which; a metric without a paper column keeps one cell."""
+    groups: list[tuple[str, list[str]]] = []
+    for column in values:
+        metric = column.removesuffix(" (paper)")
+        if groups and groups[-1][0] == metric:
+            groups[-1][1].append("paper")
+        else:
+            groups.append((metric, ["ours"]))
+    top, rules, sub, at = [latex_escape(k) for k in keys], [], [""] * len(keys), len(keys) + 1
+    for metric, parts in groups:
+        if len(parts) == 1:
+            top.append(latex_escape(metric))
+            sub.append("")
+        else:
+            top.append(rf"\multicolumn{{{len(parts)}}}{{c}}{{{latex_escape(metric)}}}")
+            rules.append(rf"\cmidrule(lr){{{at}-{at + len(parts) - 1}}}")
+            sub += parts
+        at += len(parts)
+    if not rules:
+        return [" & ".join(top) + r" \\"]
+    return [" & ".join(top) + r" \\", " ".join(rules), " & ".join(sub) + r" \\"]
+
+
+def render_latex(table: Table) -> str:
+    """A booktabs table float: caption and label, key columns left, value columns right-aligned,
+    scaled down to the line width when too wide, wide tables on a landscape page."""
     text = text_frame(table)
+    n_keys = table.numbers.index.nlevels
+    align = "l" * n_keys + "r" * (len(text.columns) - n_keys)
+    env = "sidewaystable" if len(text.columns) > WIDE else "table"
+    lines = [
+        rf"\begin{{{env}}}" + ("" if env == "sidewaystable" else "[htbp]"), r"\centering",
+        rf"\caption{{{latex_escape(table.title)}}}", rf"\label{{tab:{slug(table.title)}}}",
+        r"\resizebox{\linewidth}{!}{%", rf"\begin{{tabular}}{{{align}}}", r"\toprule",
+        *latex_header(list(text.columns[:n_keys]), list(text.columns[n_keys:])), r"\midrule",
+        *(" & ".join(latex_escape(v) for v in row) + r" \\" for row in text.itertuples(index=False)),
+        r"\bottomrule", r"\end{tabular}}",
+    ]  # fmt: skip
+    if table.note:
+        lines.append(rf"\par\smallskip{{\footnotesize {latex_escape(table.note)}}}")
+    lines.append(rf"\end{{{env}}}")
+    return "\n".join(lines) + "\n"
+
+
+def render(table: Table, fmt: str = "markdown") -> str:
+    """The table as Markdown (title, table, note), CSV (numbers, one header row: what
+    `pandas.read_csv` reads back as is) or LaTeX (a booktabs float with caption and label)."""
+    if fmt == "csv":
+        return numeric_frame(table).to_csv(index=False)
     if fmt == "latex":
-        return text.to_latex(index=False, escape=True, caption=table.title, na_rep=MISSING)
+        return render_latex(table)
+    text = text_frame(table)
     note = f"\n\n{table.note}" if table.note else ""
     return f"### {table.title}\n\n{text.to_markdown(index=False, disable_numparse=True)}{note}\n"
 
