@@ -83,7 +83,7 @@ def extract(
     mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
     total = sum(len(s) for s in splits)
-    with tqdm(total=total, desc="extracting features", leave=False) as bar:
+    with tqdm(total=total, desc="extracting features", leave=False, disable=None) as bar:
         for split in splits:
             for start in range(0, len(split), batch_size):
                 x = split.images[start : start + batch_size].to(device)

@@ -38,7 +38,9 @@ def fit(
     optimizer = build_optimizer(OmegaConf.create(settings["optimizer"]), model.parameters())
     bs = settings["batch_size"]
     model.train()
-    for epoch in tqdm(range(settings["epochs"]), desc=desc, leave=False, disable=not progress):
+    for epoch in tqdm(
+        range(settings["epochs"]), desc=desc, leave=False, disable=None if progress else True
+    ):
         order = positions[torch.randperm(len(positions), generator=generator).to(device)]
         for start in range(0, len(order), bs):
             pos = order[start : start + bs]

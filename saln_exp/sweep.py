@@ -50,8 +50,18 @@ def hydra_runtime() -> Runtime:
         multirun=multirun,
         overrides=overrides,
         run_name=hc.job.override_dirname or None,
-        group=Path(hc.sweep.dir).name if multirun else None,
+        group=sweep_group(hc.runtime.choices.get("experiment"), overrides, Path(hc.sweep.dir).name)
+        if multirun
+        else None,
     )
+
+
+def sweep_group(experiment: str | None, overrides: list[str], sweep_name: str) -> str:
+    """The W&B group of a sweep's jobs: what the sweep is (its experiment, else the keys it sets)
+    and when it ran, e.g. `assist_4_5 2026-12-01_12-00-00` or `seed+selector 2026-12-01_12-00-00`."""
+    keys = sorted({o.split("=", 1)[0].lstrip("+~") for o in overrides if "=" in o} - {"experiment"})
+    what = experiment if experiment and experiment != "null" else "+".join(keys) or "sweep"
+    return f"{what} {sweep_name}"
 
 
 def collect_jobs(sweep_dir: Path) -> list[dict[str, Any]]:

@@ -193,7 +193,8 @@ class Trainer:
             total=n_batches,
             initial=p.cursor,
             desc=f"epoch {p.epoch + 1}/{self.epochs}",
-            disable=not self.cfg.trainer.get("progress", True),
+            # None: no bar when stderr is not a terminal (a log file gets one line per epoch)
+            disable=None if self.cfg.trainer.get("progress", True) else True,
             leave=False,
             dynamic_ncols=True,
         )

@@ -440,3 +440,18 @@ def test_a_damaged_reference_cache_is_retrained_with_a_warning(make_cfg, tmp_pat
     run(make_cfg(*overrides))
     assert "reference model cache" in caplog.text and "unreadable" in caplog.text
     assert rundir.read_json(tmp_path / "run" / rundir.STATUS)["status"] == "completed"
+
+
+def test_a_log_file_gets_no_progress_bar_frames(tmp_path):
+    """stderr redirected to a file (nohup, a Slurm job's output): one line per epoch, no \\r."""
+    log = tmp_path / "job.out"
+    with log.open("w") as fh:
+        result = subprocess.run(
+            [str(BIN / "saln-train"), "logger=none", *SMALL, "trainer.epochs=2", "trainer.progress=true",
+             f"hydra.run.dir={tmp_path}/run"],
+            stdout=fh, stderr=subprocess.STDOUT, env={**os.environ, "WANDB_MODE": "disabled"},
+        )  # fmt: skip
+    text = log.read_text()
+    assert result.returncode == 0, text[-2000:]
+    assert "\r" not in text
+    assert len([line for line in text.splitlines() if " - epoch " in line]) == 2

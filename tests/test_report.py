@@ -266,3 +266,40 @@ def test_montage_frames_kept_and_dropped_images():
     assert grid.shape == (2 * 6, 3 * 6, 3)  # 3 columns x 2 rows of 6x6 tiles
     assert np.allclose(grid[0, 0], [0.1, 0.7, 0.2])  # kept: green frame
     assert np.allclose(grid[0, 6], [0.85, 0.1, 0.1])  # dropped: red frame
+
+
+def test_smoke_and_debug_runs_never_appear_beside_a_papers_values(make_cfg, tmp_path, capsys):
+    from saln_exp.train import run
+
+    for name, overrides in (("smoke", ("experiment=assist_4_5", "smoke=true")),
+                            ("debug", ("experiment_name=assist_4_5", "debug=fast", "model=fcnet",
+                                       "model.hidden=100", "selector=none"))):  # fmt: skip
+        cfg = make_cfg(*overrides)
+        cfg.paths.output_dir = str(tmp_path / "runs" / name)
+        run(cfg)
+    capsys.readouterr()
+    assert cli.main([str(tmp_path / "runs"), "--out", str(tmp_path / "r"), "--no-figures",
+                     "--table", "assist_4_5"]) == 0  # fmt: skip
+    out, err = capsys.readouterr()
+    table_lines = [line for line in out.splitlines() if line.startswith("| fcnet")]
+    assert table_lines and all("(n=" not in line for line in table_lines)  # no value of ours
+    assert "2 smoke/debug run(s) left out" in out
+    assert (
+        "note: 2 run(s) made with smoke=true or debug=... are left out of the paper tables" in err
+    )
+
+
+def test_runs_of_different_budgets_in_one_comparison_are_flagged(make_cfg, tmp_path, capsys):
+    from saln_exp.train import run
+
+    for epochs in (1, 2):
+        cfg = make_cfg(
+            "model=fcnet", "model.hidden=16", "dataset.image_size=8", f"trainer.epochs={epochs}"
+        )
+        cfg.paths.output_dir = str(tmp_path / "runs" / f"e{epochs}")
+        run(cfg)
+    capsys.readouterr()
+    assert cli.main([str(tmp_path / "runs"), "--out", str(tmp_path / "r"), "--no-figures"]) == 0
+    out, err = capsys.readouterr()
+    assert "note: runs of different budgets in one comparison (" in err and "epochs 1, 2" in err
+    assert "Note: runs of different budgets" in out

@@ -97,3 +97,16 @@ def test_optuna_search_runs_on_the_offline_default(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     assert (sweep_dir / "optimization_results.yaml").exists()
     assert load_sweep(sweep_dir)["n_jobs"] == 3
+
+
+def test_the_wandb_group_of_a_sweep_says_what_it_is():
+    from saln_exp.sweep import sweep_group
+
+    assert sweep_group(
+        "assist_4_5", ["experiment=assist_4_5", "seed=1"], "2026-12-01_12-00-00"
+    ) == ("assist_4_5 2026-12-01_12-00-00")
+    assert (
+        sweep_group(None, ["selector=saln", "seed=0", "logger=wandb"], "t")
+        == "logger+seed+selector t"
+    )
+    assert sweep_group(None, [], "t") == "sweep t"

@@ -56,7 +56,7 @@ def _read(cfg: DictConfig, data_dir: str, cache_dir: str | None, split: str, siz
     resize = T.Compose([T.Resize((size, size), antialias=True), T.PILToTensor()])
     images = torch.empty(len(ds), 3, size, size, dtype=torch.uint8)
     targets = torch.empty(len(ds), dtype=torch.long)
-    for i in tqdm(range(len(ds)), desc=f"decoding pets/{split}", leave=False):
+    for i in tqdm(range(len(ds)), desc=f"decoding pets/{split}", leave=False, disable=None):
         try:
             image, label = ds[i]
         except OSError as err:  # a missing or undecodable JPEG that the annotation lists

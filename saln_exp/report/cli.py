@@ -24,13 +24,16 @@ from saln_exp.report.load import ReportError, Runs, load_runs, load_wandb, resol
 from saln_exp.report.noise import forgetting_figures, noise_table
 from saln_exp.report.paper import all_specs, specs_for
 from saln_exp.report.tables import (
+    COMPARE_TITLE,
     FORMATS,
     LATEX_PREAMBLE,
     Table,
     compare_table,
+    mixed_budgets,
     paper_table,
     render,
     slug,
+    trial_runs,
 )
 
 SUFFIX = {"markdown": "md", "csv": "csv", "latex": "tex"}
@@ -121,6 +124,22 @@ def curves_with_identity(runs: Runs) -> pd.DataFrame:
     return identity.merge(curves, on="run_id", how="right")
 
 
+def honesty_line(runs: Runs, tables: list[Table]) -> str | None:
+    paper_titles = {spec.title for spec in all_specs()}
+    if not any(t.title in paper_titles for t in tables):
+        return None
+    n = int(trial_runs(runs.completed).sum())
+    return (f"note: {n} run(s) made with smoke=true or debug=... are left out of the paper tables"
+            if n else None)  # fmt: skip
+
+
+def budgets_line(runs: Runs, tables: list[Table]) -> str | None:
+    if not any(t.title == COMPARE_TITLE for t in tables) or not len(runs.completed):
+        return None
+    mixed = mixed_budgets(runs.completed)
+    return f"note: {mixed}" if mixed else None
+
+
 def write_outputs(runs: Runs, tables: list[Table], fmt: str, out: Path) -> list[Path]:
     """runs.csv, curves.csv, one CSV of numbers per table (tables/<title>.csv), and the printed
     tables as tables.md or tables.tex."""
@@ -162,8 +181,9 @@ def main(argv: list[str] | None = None) -> int:
     except ReportError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    if note := status_line(runs):
-        print(note, file=sys.stderr)
+    for note in (status_line(runs), honesty_line(runs, tables), budgets_line(runs, tables)):
+        if note:
+            print(note, file=sys.stderr)
     print(f"report: {len(written)} files in {out}", file=sys.stderr)
     return 0
 

@@ -143,6 +143,7 @@ def identity(config: dict[str, Any]) -> dict[str, Any]:
         "prune": (config.get("prune") or {}).get("name", "none"),
         "noise_rate": float((dataset.get("label_noise") or {}).get("rate", 0.0) or 0.0),
         "smoke": bool(config.get("smoke")),
+        "debug": config.get("debug_name"),
     }
 
 

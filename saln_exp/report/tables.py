@@ -17,6 +17,7 @@ from saln_exp.report.load import Runs
 from saln_exp.report.paper import TableSpec
 
 MISSING = "—"
+COMPARE_TITLE = "Selectors compared"
 STATS = ("mean", "std", "n")
 FORMATS = ("markdown", "csv", "latex")
 
@@ -48,6 +49,8 @@ def mean_std_n(frame: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
 def paper_table(spec: TableSpec, runs: Runs) -> Table:
     """One paper table: the paper's rows (plus any extra rows we ran), ours next to theirs."""
     done = runs.completed[runs.completed["experiment"] == spec.experiment]
+    trial = trial_runs(done)
+    done = done[~trial]
     keys = list(spec.row_keys)
     values = pd.DataFrame(
         {m.header: metric_values(done, m.ours, m.scale) for m in spec.metrics}, index=done.index
@@ -69,7 +72,31 @@ def paper_table(spec: TableSpec, runs: Runs) -> Table:
     numbers[[c for c in numbers.columns if c[1] == "n"]] = numbers[
         [c for c in numbers.columns if c[1] == "n"]
     ].fillna(0)
-    return Table(spec.title, numbers, {m.header: m.digits for m in spec.metrics}, spec.note)
+    note = spec.note + (f" {int(trial.sum())} smoke/debug run(s) left out: they are not the "
+                        "paper's recipe." if trial.any() else "")  # fmt: skip
+    return Table(spec.title, numbers, {m.header: m.digits for m in spec.metrics}, note.strip())
+
+
+def trial_runs(runs: pd.DataFrame) -> pd.Series:
+    """Runs made with smoke=true or a debug/ file: never shown beside a paper's values."""
+    smoke = runs["smoke"].fillna(False).astype(bool) if "smoke" in runs else False
+    debug = runs["debug"].notna() if "debug" in runs else False
+    return pd.Series(smoke | debug, index=runs.index, dtype=bool)
+
+
+def mixed_budgets(runs: pd.DataFrame) -> str | None:
+    """One line when runs of one comparison group differ in epochs or batch size."""
+    parts = []
+    for group, frame in runs.groupby("group", dropna=False):
+        differ = [f"{col.replace('_', ' ')} {', '.join(str(v) for v in sorted(frame[col].dropna().unique()))}"
+                  for col in ("epochs", "batch_size") if col in frame and frame[col].nunique() > 1]  # fmt: skip
+        if differ:
+            parts.append(f"{group}: {'; '.join(differ)}")
+    return (
+        ("runs of different budgets in one comparison (" + " | ".join(parts) + ")")
+        if parts
+        else None
+    )
 
 
 def as_multiindex(frame: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
@@ -279,4 +306,6 @@ def compare_table(runs: Runs, target: float | None = None) -> Table:
         f"accuracy first reached {target:g} (— = never; n counts the runs that did). A run whose first "
         f"evaluation comes after the equal budget shows — there. {budgets_note(done, curves)}"
     )
-    return Table("Selectors compared", numbers, {h: d for h, _, d in COMPARE_METRICS}, note)
+    if mixed := mixed_budgets(done):
+        note += f" Note: {mixed}."
+    return Table(COMPARE_TITLE, numbers, {h: d for h, _, d in COMPARE_METRICS}, note)
