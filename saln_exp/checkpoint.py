@@ -56,12 +56,9 @@ class Checkpoints:
                     raise ValueError("not a saln-exp checkpoint")
             except Exception as err:  # truncated zip, bad pickle, wrong file
                 failures.append(f"{path.name}: {type(err).__name__}")
-                log.warning(
-                    "checkpoint %s is unreadable (%s: %s); trying the previous one",
-                    path,
-                    type(err).__name__,
-                    err,
-                )
+                first_line = (str(err).strip().splitlines() or [""])[0][:200]
+                log.warning("checkpoint %s is unreadable (%s: %s); trying the previous one",
+                            path, type(err).__name__, first_line)  # fmt: skip
                 continue
             return state
         if failures:
