@@ -10,9 +10,11 @@ from __future__ import annotations
 import logging
 import netrc
 import os
+import socket
 import subprocess
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -24,6 +26,7 @@ log = logging.getLogger(__name__)
 X_AXES = ("epoch", "time/wall_s", "samples/backprop")
 # how long a run waits for the W&B server before it logs offline (compute nodes often have no route)
 INIT_TIMEOUT_S = 10
+PROBE_TIMEOUT_S = 5  # a first TCP connection to the server, before wandb.init
 
 
 def git_commit() -> str | None:
@@ -57,12 +60,30 @@ def wandb_mode(requested: str) -> str:
     if os.environ.get("WANDB_API_KEY"):
         return "online"
     try:
-        host = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai").split("//")[-1]
+        host = wandb_base_url().split("//")[-1]
         if netrc.netrc().authenticators(host):
             return "online"
     except (OSError, netrc.NetrcParseError):
         pass
     return "offline"
+
+
+def wandb_base_url() -> str:
+    return os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")
+
+
+def server_reachable(timeout: float | None = None) -> bool:
+    """A TCP connection to the W&B server, within seconds: on a compute node without a route,
+    wandb.init would otherwise retry for its whole init timeout (or start and then lose the run)."""
+    url = urlsplit(wandb_base_url())
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        with socket.create_connection(
+            (url.hostname or "", port), timeout=timeout or PROBE_TIMEOUT_S
+        ):
+            return True
+    except OSError:
+        return False
 
 
 class WandbRun:
@@ -78,6 +99,10 @@ class WandbRun:
         mode = wandb_mode(str(cfg.logger.get("mode", "auto")))
         if mode == "disabled":
             return None
+        if mode == "online" and not server_reachable():
+            log.warning("W&B server %s not reachable within %d s; logging offline instead",
+                        wandb_base_url(), PROBE_TIMEOUT_S)  # fmt: skip
+            return cls.start_offline(cfg, run_dir, run_id, name, group)
         try:
             return cls(_init(cfg, run_dir, run_id, name, group, mode))
         except Exception as err:  # W&B must never take the run down

@@ -303,3 +303,49 @@ def test_runs_of_different_budgets_in_one_comparison_are_flagged(make_cfg, tmp_p
     out, err = capsys.readouterr()
     assert "note: runs of different budgets in one comparison (" in err and "epochs 1, 2" in err
     assert "Note: runs of different budgets" in out
+
+
+def test_every_selector_has_its_own_colour_blind_safe_style():
+    from saln_exp import PROJECT_ROOT
+    from saln_exp.report.style import SELECTOR_STYLES
+
+    selectors = {p.stem for p in (PROJECT_ROOT / "conf" / "selector").glob("*.yaml")}
+    assert selectors <= set(SELECTOR_STYLES)
+    assert len(set(SELECTOR_STYLES.values())) == len(SELECTOR_STYLES)  # no two look alike
+    assert len({marker for _, marker in SELECTOR_STYLES.values()}) == len(SELECTOR_STYLES)
+
+
+def test_figure_names_suit_includegraphics_and_the_final_layers_share_one_scale():
+    from saln_exp.report.figures import final_layer_figure
+    from saln_exp.report.style import file_stem
+
+    assert (
+        file_stem("forgetting_uniform_prune=none_noise=0.2")
+        == "forgetting_uniform_prune_none_noise_0_2"
+    )
+    rng = np.random.default_rng(0)
+    fig = final_layer_figure({"a": rng.normal(size=(3, 5)), "b": 10 * rng.normal(size=(3, 5))}, "t")
+    limits = {im.get_clim() for ax in fig.axes for im in ax.get_images()}
+    assert len(limits) == 1
+
+
+def test_a_noise_sweep_is_drawn_one_panel_per_noise_rate(tmp_path):
+    from test_prune import fake_run
+
+    from saln_exp.report.figures import report_figures
+
+    for i, rate in enumerate((0.0, 0.2, 0.4)):
+        fake_run(
+            tmp_path / str(i),
+            "uniform",
+            "none",
+            rate,
+            0,
+            0.9 - rate,
+            None if rate == 0 else [0.2, 0.2],
+        )
+    paths = report_figures(load_runs([tmp_path]), tmp_path / "figures")
+    (noise,) = [p for p in paths if p.name.endswith("_curves_noise.png")]
+    assert not [p for p in paths if "_curves_epoch" in p.name]  # not all lines in one axis
+    with Image.open(noise) as image:
+        assert image.size[0] > image.size[1] * 2  # three panels side by side

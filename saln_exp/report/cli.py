@@ -68,6 +68,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="test accuracy for time-to-target (default: eval.target_acc of the runs)",
     )
     parser.add_argument("--no-figures", action="store_true", help="tables and CSV only")
+    parser.add_argument(
+        "--log-loss", action="store_true", help="losses on a log scale in the curves"
+    )
     args = parser.parse_args(argv)
     if bool(args.paths) == bool(args.wandb):
         parser.error(
@@ -175,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
         print("\n".join(_printed(t, args.format) for t in tables))
         written = write_outputs(runs, tables, args.format, out)
         if not args.no_figures:
-            written += report_figures(runs, out / "figures")
+            written += report_figures(runs, out / "figures", log_loss=args.log_loss)
             if args.table == "noise":
                 written += forgetting_figures(runs.runs, out / "figures")
     except ReportError as err:

@@ -12,7 +12,6 @@ touches a global backend or leaks open figures when the runner calls it inside a
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Iterable
 from itertools import cycle
 from pathlib import Path
@@ -24,6 +23,7 @@ from matplotlib.lines import Line2D
 
 from saln_exp import rundir
 from saln_exp.report.load import Runs, load_runs
+from saln_exp.report.style import file_stem, selector_style, setting_title
 from saln_exp.report.tables import TRAIN_SECONDS, with_train_seconds
 from saln_exp.safe_load import UNREADABLE, load_plain
 
@@ -42,7 +42,7 @@ ACCUMULATION_PANELS = (
 def save(fig: Figure, out_dir: Path, name: str) -> list[Path]:
     """PNG for reading, PDF for papers; returns both paths."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    stem = re.sub(r"[^A-Za-z0-9_.=-]+", "_", name)
+    stem = file_stem(name)
     paths = [out_dir / f"{stem}.png", out_dir / f"{stem}.pdf"]
     fig.savefig(paths[0], dpi=110)
     fig.savefig(paths[1])
@@ -56,45 +56,122 @@ def seed_mean(curves: pd.DataFrame, runs: pd.DataFrame, columns: list[str]) -> p
     return labelled.groupby(["variant", "epoch"])[present].agg(["mean", "std"]).reset_index()
 
 
+# -- colours, markers, axes -------------------------------------------------------------------------
+def variant_styles(runs: pd.DataFrame) -> dict[str, tuple[tuple, str]]:
+    """variant -> (colour, marker): the colour and marker of the variant's selector (style.py),
+    lightened for the second, third ... variant of one selector (two filter ratios, say)."""
+    from matplotlib.colors import to_rgb
+
+    styles, seen = {}, {}
+    selectors = runs.groupby("variant")["selector"].first() if "selector" in runs else {}
+    for variant in sorted(runs["variant"].unique()):
+        selector = selectors.get(variant) if len(selectors) else None
+        colour, marker = selector_style(selector)
+        k = seen[selector] = seen.get(selector, -1) + 1
+        rgb = np.array(to_rgb(colour))
+        styles[variant] = (tuple(rgb + (1 - rgb) * min(0.3 * k, 0.7)), marker)
+    return styles
+
+
+def seed_counts(runs: pd.DataFrame) -> dict[str, int]:
+    return runs.groupby("variant")["run_id"].nunique().to_dict()
+
+
+def epoch_axis(ax) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
+def band_handle():
+    from matplotlib.patches import Patch
+
+    return Patch(color="0.5", alpha=0.25, label="band: test mean ± std over the n seeds")
+
+
 # -- curves ---------------------------------------------------------------------------------------
 def curves_figure(
-    runs: pd.DataFrame, curves: pd.DataFrame, x: str, xlabel: str, title: str
+    runs: pd.DataFrame,
+    curves: pd.DataFrame,
+    x: str,
+    xlabel: str,
+    title: str,
+    log_loss: bool = False,
 ) -> Figure:
-    """Accuracy and mean loss of every split against `x`, one colour per variant."""
+    """Accuracy and mean loss of every split against `x`, one colour (and marker) per variant;
+    the test split's band is its mean ± std over seeds."""
     splits = [s for s in SPLIT_STYLES if f"{s}/acc" in curves and curves[f"{s}/acc"].notna().any()]
     ys = [f"{s}/{m}" for s in splits for m in ("acc", "loss_mean")]
     means = seed_mean(curves, runs, [x, *ys] if x != "epoch" else ys)
     fig = Figure(figsize=(11, 4.2), layout="constrained")
     axes = fig.subplots(1, 2)
-    colors = dict(zip(sorted(runs["variant"].unique()), cycle(_palette())))
+    styles, counts = variant_styles(runs), seed_counts(runs)
     for variant, frame in means.groupby("variant"):
+        colour, marker = styles[variant]
         xs = frame["epoch"] if x == "epoch" else frame[(x, "mean")]
+        every = max(1, len(frame) // 8)
         for ax, metric in zip(axes, ("acc", "loss_mean"), strict=True):
             for split in splits:
                 y, spread = (
                     frame[(f"{split}/{metric}", "mean")],
                     frame[(f"{split}/{metric}", "std")].fillna(0),
                 )
-                ax.plot(xs, y, SPLIT_STYLES[split], color=colors[variant])
+                ax.plot(xs, y, SPLIT_STYLES[split], color=colour, marker=marker, markevery=every,
+                        markersize=4)  # fmt: skip
                 if split == "test":
                     ax.fill_between(
-                        xs, y - spread, y + spread, color=colors[variant], alpha=0.15, linewidth=0
+                        xs, y - spread, y + spread, color=colour, alpha=0.15, linewidth=0
                     )
     for ax, ylabel in zip(axes, ("accuracy", "mean cross-entropy loss"), strict=True):
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
-    handles = [Line2D([], [], color=colors[v], label=v) for v in colors]
+        if x == "epoch":
+            epoch_axis(ax)
+    if log_loss:
+        axes[1].set_yscale("log")
+    handles = [Line2D([], [], color=c, marker=m, label=f"{v} (n={counts[v]})")
+               for v, (c, m) in styles.items()]  # fmt: skip
     handles += [Line2D([], [], color="0.3", linestyle=SPLIT_STYLES[s], label=s) for s in splits]
+    handles.append(band_handle())
     fig.legend(handles=handles, loc="outside right upper", fontsize=8)
     fig.suptitle(title)
     return fig
 
 
-def _palette() -> list:
-    from matplotlib import colormaps
-
-    return [colormaps["tab10"](i) for i in range(10)] + [colormaps["tab20b"](i) for i in range(20)]
+def noise_facets_figure(
+    runs: pd.DataFrame, curves: pd.DataFrame, title: str, log_loss: bool = False
+) -> Figure:
+    """A label-noise sweep: one panel per noise rate (test accuracy per epoch), colour by selector,
+    line style by pruning method, instead of every configuration in one axis."""
+    rates = sorted(runs["noise_rate"].dropna().unique())
+    prunes = sorted(runs["prune"].fillna("none").unique())
+    dashes = dict(zip(prunes, cycle(["-", "--", ":", "-."])))
+    labelled = curves.merge(runs[["run_id", "selector", "prune", "noise_rate"]], on="run_id")
+    fig = Figure(figsize=(3.6 * len(rates) + 2, 3.6), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, len(rates), sharey=True))
+    for ax, rate in zip(axes, rates, strict=True):
+        at = labelled[labelled["noise_rate"] == rate]
+        for (selector, prune), frame in at.groupby(["selector", "prune"], dropna=False):
+            mean = frame.groupby("epoch")["test/acc"].agg(["mean", "std"]).reset_index()
+            colour, marker = selector_style(selector)
+            ax.plot(mean["epoch"], mean["mean"], dashes[prune if isinstance(prune, str) else "none"],
+                    color=colour, marker=marker, markevery=max(1, len(mean) // 6), markersize=4)  # fmt: skip
+            ax.fill_between(mean["epoch"], mean["mean"] - mean["std"].fillna(0),
+                            mean["mean"] + mean["std"].fillna(0), color=colour, alpha=0.12, linewidth=0)  # fmt: skip
+        ax.set(title=f"label noise {rate:g}", xlabel="epoch")
+        epoch_axis(ax)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("test accuracy")
+    handles = [Line2D([], [], color=selector_style(s)[0], marker=selector_style(s)[1], label=str(s))
+               for s in sorted(runs["selector"].dropna().unique())]  # fmt: skip
+    handles += [
+        Line2D([], [], color="0.3", linestyle=dashes[p], label=f"prune={p}") for p in prunes
+    ]
+    handles.append(band_handle())
+    fig.legend(handles=handles, loc="outside right upper", fontsize=8)
+    fig.suptitle(title)
+    return fig
 
 
 # -- selection examples (SALN Fig. 7-8) -------------------------------------------------------------
@@ -136,18 +213,32 @@ def load_example(run_dir: str | Path) -> dict | None:
         return None
 
 
-def selection_figure(examples: dict[str, dict], title: str) -> Figure:
-    """One panel per variant: the example batch, kept (green) and dropped (red, faded)."""
-    fig = Figure(figsize=(4.2 * len(examples), 4.6), layout="constrained")
+def selection_figure(
+    examples: dict[str, dict], title: str, seeds: dict[str, object] | None = None
+) -> Figure:
+    """One panel per variant: the example batch, kept (green frame) and dropped (red frame,
+    faded), each image with its class label; the panel says selector, seed and batch."""
+    from matplotlib.patches import Patch
+
+    fig = Figure(figsize=(4.4 * len(examples), 5.0), layout="constrained")
     axes = np.atleast_1d(fig.subplots(1, len(examples)))
     for ax, (variant, ex) in zip(axes, examples.items(), strict=True):
-        kept = ex["kept"].numpy().astype(bool)
-        ax.imshow(montage(ex["images"].numpy(), kept), interpolation="nearest")
-        ax.set_title(
-            f"{variant}: kept {kept.sum()} of {len(kept)} (batch {ex['batch']})", fontsize=9
-        )
+        kept, images = ex["kept"].numpy().astype(bool), ex["images"].numpy()
+        ax.imshow(montage(images, kept), interpolation="nearest")
+        cols, (h, w) = int(np.ceil(np.sqrt(len(kept)))), images.shape[2:]
+        for i, label in enumerate(ex["labels"].numpy()):
+            row, col = divmod(i, cols)
+            ax.text(col * (w + 4) + 3, row * (h + 4) + 3, str(int(label)), fontsize=5, va="top",
+                    color="white", bbox={"facecolor": "black", "alpha": 0.6, "pad": 0.5, "linewidth": 0})  # fmt: skip
+        seed = (seeds or {}).get(variant)
+        name = variant if str(variant) == str(ex["selector"]) else f"{variant} ({ex['selector']})"
+        ax.set_title(f"{name}, seed {seed}, batch {ex['batch']}:\n"
+                     f"kept {kept.sum()} of {len(kept)}", fontsize=9)  # fmt: skip
         ax.axis("off")
-    fig.suptitle(title)
+    fig.legend(handles=[Patch(color=KEPT_RGB, label="kept (trained on)"),
+                        Patch(color=DROPPED_RGB, label="dropped")],
+               loc="outside lower center", ncols=2, fontsize=8)  # fmt: skip
+    fig.suptitle(f"{title} (number: class label)")
     return fig
 
 
@@ -156,14 +247,16 @@ def final_layer_figure(layers: dict[str, np.ndarray], title: str) -> Figure:
     """Per variant: the classifier weights as a heatmap (rows = classes) and their histogram."""
     fig = Figure(figsize=(11, 3.0 * len(layers)), layout="constrained")
     axes = np.atleast_2d(fig.subplots(len(layers), 2, squeeze=False))
+    # one colour scale and one histogram range for all variants, so the panels compare
+    limit = max(float(np.abs(w).max()) for w in layers.values()) or 1.0
+    bins = np.linspace(-limit, limit, 61)
     for (heat, hist), (variant, weight) in zip(axes, layers.items(), strict=True):
-        limit = float(np.abs(weight).max()) or 1.0
         image = heat.imshow(
             weight, aspect="auto", cmap="coolwarm", vmin=-limit, vmax=limit, interpolation="nearest"
         )
-        fig.colorbar(image, ax=heat)
+        fig.colorbar(image, ax=heat, label="weight")
         heat.set(title=f"{variant}: weights", xlabel="input feature", ylabel="class")
-        hist.hist(weight.ravel(), bins=60, color="0.35")
+        hist.hist(weight.ravel(), bins=bins, color="0.35")
         hist.set(title=f"{variant}: weight distribution", xlabel="weight", ylabel="count")
     fig.suptitle(title)
     return fig
@@ -189,13 +282,17 @@ def uses_accumulation(curves: pd.DataFrame) -> bool:
 
 def accumulation_figure(runs: pd.DataFrame, curves: pd.DataFrame, title: str) -> Figure:
     means = seed_mean(accumulation_curves(curves), runs, [c for c, _ in ACCUMULATION_PANELS])
-    fig = Figure(figsize=(12, 3.4), layout="constrained")
+    fig = Figure(figsize=(13, 3.6), layout="constrained")
     axes = fig.subplots(1, len(ACCUMULATION_PANELS))
+    styles = variant_styles(runs)
     for ax, (column, label) in zip(axes, ACCUMULATION_PANELS, strict=True):
         for variant, frame in means.groupby("variant"):
             if (column, "mean") in frame:
-                ax.plot(frame["epoch"], frame[(column, "mean")], label=variant)
-        ax.set(xlabel="epoch", title=label)
+                colour, marker = styles[variant]
+                ax.plot(frame["epoch"], frame[(column, "mean")], label=variant, color=colour,
+                        marker=marker, markevery=max(1, len(frame) // 8), markersize=4)  # fmt: skip
+        ax.set(xlabel="epoch", ylabel=label.split(" (")[0], title=label)
+        epoch_axis(ax)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
     fig.suptitle(title)
@@ -208,7 +305,7 @@ def first_seed_runs(runs: pd.DataFrame) -> pd.DataFrame:
     return runs.sort_values("seed").drop_duplicates("variant").sort_values("variant")
 
 
-def run_file_figures(group: str, runs: pd.DataFrame, out_dir: Path) -> list[Path]:
+def run_file_figures(setting: str, runs: pd.DataFrame, out_dir: Path, group: str) -> list[Path]:
     """The figures drawn from one run per variant's own files: kept images, final layer."""
     shown, paths = first_seed_runs(runs), []
     examples = {
@@ -216,7 +313,8 @@ def run_file_figures(group: str, runs: pd.DataFrame, out_dir: Path) -> list[Path
     }
     examples = {variant: ex for variant, ex in examples.items() if not ex["kept"].all()}
     if examples:
-        figure = selection_figure(examples, f"{group}: samples kept in one batch")
+        seeds = {r.variant: r.seed for r in shown.itertuples()}
+        figure = selection_figure(examples, f"{setting}: samples kept in one batch", seeds)
         paths += save(figure, out_dir, f"{group}_selection")
     layer_files = {r.variant: Path(r.run_dir) / rundir.FINAL_LAYER for r in shown.itertuples()}
     layers = {
@@ -226,44 +324,46 @@ def run_file_figures(group: str, runs: pd.DataFrame, out_dir: Path) -> list[Path
     }
     if layers:
         paths += save(
-            final_layer_figure(layers, f"{group}: final layer"), out_dir, f"{group}_final_layer"
+            final_layer_figure(layers, f"{setting}: final layer"), out_dir, f"{group}_final_layer"
         )
     return paths
 
 
 def group_figures(
-    group: str, runs: pd.DataFrame, curves: pd.DataFrame, out_dir: Path
+    group: str, runs: pd.DataFrame, curves: pd.DataFrame, out_dir: Path, log_loss: bool = False
 ) -> list[Path]:
     paths = []
+    setting = setting_title(list(runs["dataset"]), list(runs["model"]))
     curves = with_train_seconds(curves[curves["run_id"].isin(runs["run_id"])])
-    if len(curves):
-        for x, xlabel, name in (
-            ("epoch", "epoch", "epoch"),
-            (TRAIN_SECONDS, "training seconds (train + select)", "time"),
-        ):
-            paths += save(
-                curves_figure(runs, curves, x, xlabel, f"{group}: learning curves"),
-                out_dir,
-                f"{group}_curves_{name}",
-            )
-    paths += run_file_figures(group, runs[runs["run_dir"].fillna("") != ""], out_dir)
+    noise_sweep = "noise_rate" in runs and runs["noise_rate"].nunique() > 1
+    if len(curves) and noise_sweep:
+        figure = noise_facets_figure(runs, curves, f"{setting}: test accuracy by label-noise rate")
+        paths += save(figure, out_dir, f"{group}_curves_noise")
+    elif len(curves):
+        for x, xlabel, name, what in (
+            ("epoch", "epoch", "epoch", "accuracy and loss per epoch"),
+            (TRAIN_SECONDS, "training seconds (train + select)", "time", "accuracy and loss per training second"),
+        ):  # fmt: skip
+            figure = curves_figure(runs, curves, x, xlabel, f"{setting}: {what}", log_loss)
+            paths += save(figure, out_dir, f"{group}_curves_{name}")
+    paths += run_file_figures(setting, runs[runs["run_dir"].fillna("") != ""], out_dir, group)
     if uses_accumulation(curves):
         paths += save(
-            accumulation_figure(runs, curves, f"{group}: batch accumulation"),
+            accumulation_figure(runs, curves, f"{setting}: batch accumulation"),
             out_dir,
             f"{group}_accumulation",
         )
     return paths
 
 
-def report_figures(runs: Runs, out_dir: Path) -> list[Path]:
+def report_figures(runs: Runs, out_dir: Path, log_loss: bool = False) -> list[Path]:
     """Every figure for every group of completed runs; returns the files written."""
     done = runs.completed
     if "run_dir" not in done:  # W&B runs: curves only, the files live on the W&B side
         done = done.assign(run_dir="")
     paths = []
     for group, group_runs in done.groupby("group"):
-        paths += group_figures(str(group), group_runs, runs.curves, out_dir)
+        paths += group_figures(str(group), group_runs, runs.curves, out_dir, log_loss)
     return paths
 
 

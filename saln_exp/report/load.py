@@ -208,8 +208,11 @@ def load_runs(paths: list[str | Path]) -> Runs:
 
 def assemble(rows: list[dict[str, Any]], curves: list[pd.DataFrame]) -> Runs:
     runs = pd.DataFrame(rows).drop_duplicates("run_id").reset_index(drop=True)
+    # str of a missing value stays missing under pandas' string dtype: name it, or the run is lost
     runs["group"] = runs["experiment"].fillna(
-        runs["dataset"].astype(str) + "_" + runs["model"].astype(str)
+        runs["dataset"].fillna("unknown").astype(str)
+        + "_"
+        + runs["model"].fillna("unknown").astype(str)
     )
     runs["variant"] = variant_labels(runs)
     curve_frame = (

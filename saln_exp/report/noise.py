@@ -52,12 +52,12 @@ def forgetting_counts(run_dir: str | Path) -> pd.DataFrame:
 
 
 def run_label(run_dir: Path) -> str:
-    """`selector, prune=..., noise=...` from the run's config, for titles and file names."""
+    """`selector, prune ..., label noise ..., seed ...` from the run's config, for titles."""
     config = _config(run_dir)
     rate = ((config.get("dataset") or {}).get("label_noise") or {}).get("rate", 0.0)
     prune = (config.get("prune") or {}).get("name", "none")
     selector = (config.get("selector") or {}).get("name", "?")
-    return f"{selector} prune={prune} noise={rate:g} seed={config.get('seed')}"
+    return f"{selector}, prune {prune}, label noise {rate:g}, seed {config.get('seed')}"
 
 
 def forgetting_histogram(
