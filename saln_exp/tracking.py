@@ -150,6 +150,26 @@ class WandbRun:
 
         self._guard("image upload", send)
 
+    def log_table(self, key: str, frame: Any) -> None:
+        def send():
+            import wandb
+
+            self.run.log({key: wandb.Table(dataframe=frame)})
+
+        self._guard(f"table {key}", send)
+
+    def log_artifact(self, path: Path, name: str, kind: str, aliases: list[str]) -> None:
+        def send():
+            import wandb
+
+            artifact = wandb.Artifact(name, type=kind)
+            artifact.add_file(
+                str(path)
+            )  # copied to W&B's staging area now: later rotations are safe
+            self.run.log_artifact(artifact, aliases=aliases)
+
+        self._guard(f"artifact {name}", send)
+
     def summary(self, values: dict[str, Any]) -> None:
         self._guard("summary", lambda: self.run.summary.update(jsonable(values)))
 
@@ -198,6 +218,7 @@ class Tracking:
         self.files = RunFiles(run_dir)
         self.files.write_config(cfg)
         self.wandb = None
+        self.log_checkpoints = bool(cfg.logger.get("log_checkpoints", False))
         self.run_id = self._run_id()
         if cfg.logger.get("name", "none") == "wandb":
             self.wandb = WandbRun.start(cfg, self.files.dir, self.run_id, name, group)
@@ -222,9 +243,24 @@ class Tracking:
         if self.wandb is not None:
             self.wandb.log_images(images)
 
-    def complete(self, summary: dict[str, Any]) -> None:
+    def checkpoint_saved(self, path: Path, epoch: int) -> None:
+        """`logger.log_checkpoints`: each checkpoint as an artifact version (aliases latest, epoch-N)."""
+        if self.wandb is not None and self.log_checkpoints:
+            self.wandb.log_artifact(
+                path, f"checkpoint-{self.run_id}", "checkpoint", ["latest", f"epoch-{epoch}"]
+            )
+
+    def complete(self, summary: dict[str, Any], final_checkpoint: Path | None = None) -> None:
         self.files.write_summary(summary)
         if self.wandb is not None:
+            import pandas as pd
+
+            # the per-epoch metrics as one W&B table, beside the usual charts
+            self.wandb.log_table("metrics_table", pd.DataFrame(jsonable(self.files.read_metrics())))
+            if self.log_checkpoints and final_checkpoint is not None and final_checkpoint.exists():
+                self.wandb.log_artifact(
+                    final_checkpoint, f"model-{self.run_id}", "model", ["final"]
+                )
             self.wandb.summary({k: v for k, v in summary.items() if k != "config"})
             self.wandb.finish()
         self.files.write_status("completed")

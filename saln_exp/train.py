@@ -132,7 +132,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
             "config": _plain(cfg),
         }
         log_figures_to_wandb(tracking, summary, run_dir)
-        tracking.complete(summary)
+        tracking.complete(summary, final_checkpoint=Checkpoints(run_dir).latest)
         return summary
     except Interrupted as err:
         tracking.fail(err, status="interrupted")

@@ -454,6 +454,8 @@ class Trainer:
         self.progress.seconds["wall"] += time.perf_counter() - self._clock_start
         self._clock_start = time.perf_counter()
         self.checkpoints.save(self.state_dict())
+        if self.tracking is not None:
+            self.tracking.checkpoint_saved(self.checkpoints.latest, self.progress.epoch)
 
     def maybe_resume(self) -> bool:
         state = self.checkpoints.load()

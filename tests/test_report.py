@@ -349,3 +349,22 @@ def test_a_noise_sweep_is_drawn_one_panel_per_noise_rate(tmp_path):
     assert not [p for p in paths if "_curves_epoch" in p.name]  # not all lines in one axis
     with Image.open(noise) as image:
         assert image.size[0] > image.size[1] * 2  # three panels side by side
+
+
+@pytest.mark.slow
+def test_the_report_goes_to_wandb_as_tables_and_images(sweep, tmp_path, capsys, monkeypatch):
+    from wandb_records import history, run_info
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    assert (
+        cli.main([str(sweep), "--out", str(tmp_path / "r"), "--to-wandb", "saln-exp-reports"]) == 0
+    )
+    assert "report logged to W&B project saln-exp-reports (offline; upload it with: wandb sync" in (
+        capsys.readouterr().err
+    )
+    (path,) = (tmp_path / "r" / "wandb").glob("offline-run-*/*.wandb")
+    keys = {k for row in history(path) for k in row}
+    assert "tables/selectors_compared/_type" in keys
+    assert "tables/saln_tables_1_5_oxford_iiit_pet_accuracy/_type" in keys
+    assert any(k.startswith("figures/saln_pets_curves_epoch/") for k in keys)
+    assert run_info(path)["job_type"] == "report"

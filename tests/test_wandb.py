@@ -127,3 +127,24 @@ def test_an_unreachable_server_falls_back_to_offline_quickly_and_says_how_to_syn
     for part in parts:
         info = run_info(next(part.glob("*.wandb")))
         assert info["name"] == "unreachable" and info["id"] == run_id
+
+
+def test_metrics_table_and_checkpoint_artifacts_on_request(make_cfg, tmp_path):
+    from wandb_records import records
+
+    run(make_cfg("logger=wandb", "logger.mode=offline", "logger.log_checkpoints=true", *FAST))
+    path = wandb_file(tmp_path / "run")
+    tables = [r for r in history(path) if "metrics_table/_type" in r]
+    assert len(tables) == 1 and tables[0]["metrics_table/_type"] == "table-file"
+    assert tables[0]["metrics_table/nrows"] == 2  # one row per epoch
+    artifacts = [r.artifact for r in records(path) if r.WhichOneof("record_type") == "artifact"]
+    kinds = [
+        (a.type, a.name.split("-")[0], sorted(a.aliases))
+        for a in artifacts
+        if a.type != "run_table"
+    ]
+    assert kinds == [  # W&B adds `latest` to the newest version of each artifact itself
+        ("checkpoint", "checkpoint", ["epoch-1", "latest"]),
+        ("checkpoint", "checkpoint", ["epoch-2", "latest"]),
+        ("model", "model", ["final", "latest"]),
+    ], kinds

@@ -33,6 +33,7 @@ from saln_exp.report.tables import (
     paper_table,
     render,
     slug,
+    text_frame,
     trial_runs,
 )
 
@@ -71,6 +72,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--log-loss", action="store_true", help="losses on a log scale in the curves"
     )
+    parser.add_argument(
+        "--to-wandb", metavar="[ENTITY/]PROJECT",
+        help="also log the tables (as W&B tables) and figures (as images) to a W&B run of job type report",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     if bool(args.paths) == bool(args.wandb):
         parser.error(
@@ -143,6 +148,35 @@ def budgets_line(runs: Runs, tables: list[Table]) -> str | None:
     return f"note: {mixed}" if mixed else None
 
 
+def upload_to_wandb(target: str, tables: list[Table], written: list[Path], out: Path) -> None:
+    """The report as one W&B run: each table as a W&B table, each figure as an image. Offline
+    (with the sync hint) where there is no key or no reachable server."""
+    import wandb
+
+    from saln_exp.tracking import server_reachable, wandb_mode
+
+    entity, _, project = target.rpartition("/")
+    mode = wandb_mode("auto")
+    if mode == "online" and not server_reachable():
+        print("note: W&B server not reachable; the report is logged offline", file=sys.stderr)
+        mode = "offline"
+    try:
+        run = wandb.init(project=project, entity=entity or None, job_type="report",
+                         name=f"report {out.parent.name}", dir=str(out), mode=mode,
+                         settings=wandb.Settings(console="off", silent=True))  # fmt: skip
+        for table in tables:
+            run.log({f"tables/{slug(table.title)}": wandb.Table(dataframe=text_frame(table))})
+        run.log({f"figures/{p.stem}": wandb.Image(str(p)) for p in written if p.suffix == ".png"})
+        offline, sync_dir = run.settings.mode == "offline", Path(run.settings.sync_file).parent
+        run.finish()
+    except Exception as err:  # the report's files are written already; W&B is a copy
+        raise ReportError(
+            f"could not log the report to W&B ({type(err).__name__}: {err})"
+        ) from None
+    where = f"offline; upload it with: wandb sync {sync_dir}" if offline else "online"
+    print(f"report logged to W&B project {target} ({where})", file=sys.stderr)
+
+
 def write_outputs(runs: Runs, tables: list[Table], fmt: str, out: Path) -> list[Path]:
     """runs.csv, curves.csv, one CSV of numbers per table (tables/<title>.csv), and the printed
     tables as tables.md or tables.tex."""
@@ -181,6 +215,8 @@ def main(argv: list[str] | None = None) -> int:
             written += report_figures(runs, out / "figures", log_loss=args.log_loss)
             if args.table == "noise":
                 written += forgetting_figures(runs.runs, out / "figures")
+        if args.to_wandb:
+            upload_to_wandb(args.to_wandb, tables, written, out)
     except ReportError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
