@@ -7,6 +7,7 @@ run continues on the local files.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import netrc
 import os
@@ -137,6 +138,10 @@ class WandbRun:
             fn(*args, **kwargs)
         except Exception as err:
             log.warning("W&B %s failed (%s); continuing with local files only", what, err)
+            # finish the broken run: left open, it would be the next wandb.init's run in this
+            # process (the next job of a sweep)
+            with contextlib.suppress(Exception):
+                self.run.finish(exit_code=1)
             self.run = None
 
     def log(self, metrics: dict[str, Any]) -> None:

@@ -244,6 +244,8 @@ class Trainer:
         ):
             self.save_selection_example(batch, selection)
         kept = batch if len(selection.positions) == len(batch) else batch.take(selection.positions)
+        if selection.weights is not None:
+            kept = Batch(kept.index, kept.x, kept.y, selection.weights)
         stats.seen += len(batch)
         stats.kept += len(kept)
         stats.candidate_batches += 1
@@ -318,7 +320,17 @@ class Trainer:
             self.model.train()
             with self.autocast():
                 logits = self.train_forward(batch.x)
-            loss = F.cross_entropy(logits.float(), batch.y)
+            if batch.w is None:
+                loss = F.cross_entropy(logits.float(), batch.y)
+                loss_sum = loss.detach() * len(batch)
+            else:  # weighted mean over the kept samples; logged loss stays the plain cross-entropy
+                per_sample = F.cross_entropy(logits.float(), batch.y, reduction="none")
+                loss = (per_sample * batch.w).mean()
+                loss_sum = per_sample.detach().sum()
+            if self.selector.wants_training_losses:
+                self.selector.observe_training_losses(
+                    batch.index, F.cross_entropy(logits.detach().float(), batch.y, reduction="none")
+                )
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
             self.scaler.step(self.optimizer)
@@ -326,7 +338,7 @@ class Trainer:
             correct = logits.detach().argmax(1) == batch.y
             forgotten = self.forgetting.update(batch.index, correct)
             # summed on the device; read back (one synchronisation) every few batches in `flush`
-            sums = torch.stack([loss.detach() * len(batch), correct.sum(), forgotten])
+            sums = torch.stack([loss_sum, correct.sum(), forgotten])
             self.pending += sums.to(self.pending.dtype)
         stats.steps += 1
         stats.backprop += len(batch)

@@ -148,3 +148,22 @@ def test_metrics_table_and_checkpoint_artifacts_on_request(make_cfg, tmp_path):
         ("checkpoint", "checkpoint", ["epoch-2", "latest"]),
         ("model", "model", ["final", "latest"]),
     ], kinds
+
+
+def test_a_run_whose_wandb_failed_does_not_leak_into_the_next_run(make_cfg, tmp_path, monkeypatch):
+    """A sweep's jobs share one process: after a W&B failure, the next job gets its own W&B run."""
+    real_init = wandb.init
+
+    def init_with_broken_log(*args, **kwargs):
+        handle = real_init(*args, **kwargs)
+        handle.log = lambda *a, **k: (_ for _ in ()).throw(ConnectionError("lost the connection"))
+        return handle
+
+    monkeypatch.setattr(wandb, "init", init_with_broken_log)
+    run(make_cfg("logger=wandb", "logger.mode=offline", *FAST))
+    monkeypatch.undo()
+    assert wandb.run is None
+    cfg = make_cfg("logger=wandb", "logger.mode=offline", *FAST)
+    cfg.paths.output_dir = str(tmp_path / "next")
+    run(cfg)
+    assert [r["epoch"] for r in history(wandb_file(tmp_path / "next")) if "test/acc" in r] == [1, 2]

@@ -25,6 +25,7 @@ SELECTOR_STYLES: dict[str, tuple[str, str]] = {
     "topq_loss": ("#44AA99", "h"),
     "loss_qsplit": ("#117733", "*"),
     "loss_weighted": ("#332288", "d"),
+    "infobatch": ("#AA4499", "8"),
 }
 UNKNOWN_STYLE = ("#DDCC77", ".")  # a selector added without an entry here: visible, never confused
 

@@ -12,6 +12,7 @@ from saln_exp.selectors.accuracy import AccuracyFilter
 from saln_exp.selectors.accuracy_epoch import EpochAccuracyFilter
 from saln_exp.selectors.base import Batch, BatchView, RunContext, Selection, Selector, ViewSources
 from saln_exp.selectors.hard_accuracy_topk import HardAccuracyTopK
+from saln_exp.selectors.infobatch import InfoBatch
 from saln_exp.selectors.jest import JEST
 from saln_exp.selectors.loss_qsplit import LossQSplit
 from saln_exp.selectors.loss_weighted import LossWeighted
@@ -39,6 +40,7 @@ SELECTORS: dict[str, type[Selector]] = {
         TopQLoss,
         LossWeighted,
         LossQSplit,
+        InfoBatch,
     )
 }
 

@@ -28,11 +28,14 @@ class Accumulator:
         if self.count < self.batch_size:
             return None
         k = self.batch_size
+        weighted = any(b.w is not None for b in self.pending)  # weights travel with their samples
         full = Batch(
             torch.cat([b.index for b in self.pending])[:k],
             torch.cat([b.x for b in self.pending])[:k],
             torch.cat([b.y for b in self.pending])[:k],
-        )
+            torch.cat([b.w if b.w is not None else torch.ones(len(b), device=b.y.device)
+                       for b in self.pending])[:k] if weighted else None,
+        )  # fmt: skip
         self.overflow += self.count - self.batch_size
         self.pending, self.count = [], 0
         return full
@@ -40,12 +43,15 @@ class Accumulator:
     def state_dict(self) -> dict:
         return {
             "pending": [(b.index.cpu(), b.x.cpu(), b.y.cpu()) for b in self.pending],
+            "weights": [None if b.w is None else b.w.cpu() for b in self.pending],
             "overflow": self.overflow,
         }
 
     def load_state_dict(self, state: dict, device: torch.device) -> None:
+        weights = state.get("weights") or [None] * len(state["pending"])
         self.pending = [
-            Batch(i.to(device), x.to(device), y.to(device)) for i, x, y in state["pending"]
+            Batch(i.to(device), x.to(device), y.to(device), None if w is None else w.to(device))
+            for (i, x, y), w in zip(state["pending"], weights, strict=True)
         ]
         self.count = sum(len(b) for b in self.pending)
         self.overflow = int(state["overflow"])

@@ -27,17 +27,20 @@ FEATURE_SOURCES = ("pixels", "learner", "pretrained")
 
 @dataclass
 class Batch:
-    """A candidate batch: dataset indices, model inputs (augmented, normalised), labels."""
+    """A candidate batch: dataset indices, model inputs (augmented, normalised), labels, and
+    optionally per-sample loss weights (None: every sample weighs 1)."""
 
     index: Tensor
     x: Tensor
     y: Tensor
+    w: Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.y)
 
     def take(self, positions: Tensor) -> Batch:
-        return Batch(self.index[positions], self.x[positions], self.y[positions])
+        w = None if self.w is None else self.w[positions]
+        return Batch(self.index[positions], self.x[positions], self.y[positions], w)
 
 
 @dataclass
@@ -45,6 +48,9 @@ class Selection:
     positions: Tensor  # positions in the candidate batch to train on: unique, sorted
     diagnostics: dict[str, float] = field(default_factory=dict)
     fallback: bool = False  # too few kept, a uniform draw replaced them (never when accumulating)
+    # per kept sample (aligned with positions): the training loss is mean(w_i * loss_i) over the
+    # kept samples (importance weights, InfoBatch's 1 / (1 - r)); None: the plain mean
+    weights: Tensor | None = None
 
 
 @dataclass
@@ -179,8 +185,16 @@ class Selector:
         """Once per epoch: the training positions the epoch iterates over (None = all)."""
         return None
 
-    def choose(self, batch: Batch, view: BatchView) -> tuple[Tensor, dict[str, float]]:
+    def choose(self, batch: Batch, view: BatchView) -> tuple:
+        """(positions, diagnostics) or (positions, diagnostics, weights per position)."""
         raise NotImplementedError
+
+    # a selector that learns from the training step's own per-sample losses (InfoBatch) sets this,
+    # and the trainer calls `observe_training_losses` after every step
+    wants_training_losses = False
+
+    def observe_training_losses(self, index: Tensor, losses: Tensor) -> None:
+        """Per-sample losses of a training step (train mode, the trained inputs), by dataset index."""
 
     def select(self, batch: Batch, view: BatchView, accumulating: bool = False) -> Selection:
         """`choose`, then ASSIST's fallback rule, which exists for the non-accumulating mode only.
@@ -190,12 +204,15 @@ class Selector:
         accumulation (Alg. 10) a batch with nothing to keep contributes nothing: ASSIST 3.3.2,
         "several epochs may pass without a training step being performed".
         """
-        positions, diagnostics = self.choose(batch, view)
+        positions, diagnostics, *weights = self.choose(batch, view)
+        weights = weights[0] if weights else None
         fallback = not accumulating and len(positions) < self.min_keep
-        if fallback:
-            positions = self.uniform(len(batch), self.keep_count(len(batch)))
-        positions = torch.sort(positions.to(batch.y.device)).values
-        return Selection(positions, diagnostics, fallback)
+        if fallback:  # plain SGD on a uniform draw: unweighted
+            positions, weights = self.uniform(len(batch), self.keep_count(len(batch))), None
+        positions, order = torch.sort(positions.to(batch.y.device))
+        if weights is not None:
+            weights = weights.to(batch.y.device)[order]
+        return Selection(positions, diagnostics, fallback, weights)
 
     # -- shared helpers -------------------------------------------------------------------------
     def keep_count(self, n: int) -> int:
