@@ -211,3 +211,26 @@ def test_infobatch_resumed_mid_epoch_matches_an_uninterrupted_run(make_cfg, tmp_
         reference[0]["select/epoch_kept_frac"] == 1.0
         and reference[1]["select/epoch_kept_frac"] < 1.0
     )
+
+
+# -------------------------------------------------------------------- RS2 (same epoch-level hook)
+
+
+@pytest.mark.parametrize("n, f", [(20, 0.75), (23, 0.7), (10, 0.0)])
+def test_rs2_draws_fresh_subsets_without_replacement_until_every_sample_was_used(n, f):
+    from saln_exp.selectors.rs2 import RS2
+
+    selector, ctx = RS2(filter_ratio=f, seed=3), FakeContext(n, 100)
+    k = int(n * (1 - f))
+    counts = np.zeros(n, dtype=int)
+    for epoch in range(12):
+        positions = selector.epoch_positions(ctx).numpy()
+        assert len(positions) == k and len(np.unique(positions)) == k  # a subset, no repeats
+        counts[positions] += 1
+        assert counts.max() - counts.min() <= 1  # nobody twice before everybody once
+        if (epoch + 1) * k % n == 0:
+            assert counts.max() == counts.min()  # a whole number of passes: all used equally
+    state = selector.state_dict()
+    again = RS2(filter_ratio=f, seed=99)
+    again.load_state_dict(state)
+    assert torch.equal(again.epoch_positions(ctx), selector.epoch_positions(ctx))  # resumable

@@ -26,6 +26,7 @@ SELECTOR_STYLES: dict[str, tuple[str, str]] = {
     "loss_qsplit": ("#117733", "*"),
     "loss_weighted": ("#332288", "d"),
     "infobatch": ("#AA4499", "8"),
+    "rs2": ("#DDDDDD", "H"),
 }
 UNKNOWN_STYLE = ("#DDCC77", ".")  # a selector added without an entry here: visible, never confused
 

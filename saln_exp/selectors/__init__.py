@@ -18,6 +18,7 @@ from saln_exp.selectors.loss_qsplit import LossQSplit
 from saln_exp.selectors.loss_weighted import LossWeighted
 from saln_exp.selectors.none import NoSelection
 from saln_exp.selectors.rho import RhoLoss
+from saln_exp.selectors.rs2 import RS2
 from saln_exp.selectors.saln import SALN
 from saln_exp.selectors.soft_accuracy import SoftAccuracyFilter
 from saln_exp.selectors.topk_loss import TopKLoss
@@ -41,6 +42,7 @@ SELECTORS: dict[str, type[Selector]] = {
         LossWeighted,
         LossQSplit,
         InfoBatch,
+        RS2,
     )
 }
 
