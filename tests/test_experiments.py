@@ -158,6 +158,11 @@ def test_smoke_run_through_the_cli(name, tmp_path, capsys):
     assert json.loads((sweep_dir / "sweep.json").read_text())["status"] == "completed"
     summary = json.loads((sweep_dir / "0" / "summary.json").read_text())
     assert summary["experiment"] == name and summary["dataset"] == "synthetic"
-    table = "compare" if name == "compare_offline" else name
-    assert report_cli.main([str(sweep_dir), "--table", table, "--no-figures"]) == 0
+    # a smoke run is never shown beside the paper's values: its paper table stays empty and says
+    # why; the comparison table (no paper column) shows it
+    if name != "compare_offline":
+        assert report_cli.main([str(sweep_dir), "--table", name, "--no-figures"]) == 0
+        out = capsys.readouterr().out
+        assert "(n=1)" not in out and "1 smoke/debug run(s) left out" in out
+    assert report_cli.main([str(sweep_dir), "--table", "compare", "--no-figures"]) == 0
     assert "(n=1)" in capsys.readouterr().out
