@@ -27,6 +27,7 @@ SELECTOR_STYLES: dict[str, tuple[str, str]] = {
     "loss_weighted": ("#332288", "d"),
     "infobatch": ("#AA4499", "8"),
     "rs2": ("#DDDDDD", "H"),
+    "selective_backprop": ("#661100", "1"),
 }
 UNKNOWN_STYLE = ("#DDCC77", ".")  # a selector added without an entry here: visible, never confused
 

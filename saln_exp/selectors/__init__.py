@@ -20,6 +20,7 @@ from saln_exp.selectors.none import NoSelection
 from saln_exp.selectors.rho import RhoLoss
 from saln_exp.selectors.rs2 import RS2
 from saln_exp.selectors.saln import SALN
+from saln_exp.selectors.selective_backprop import SelectiveBackprop
 from saln_exp.selectors.soft_accuracy import SoftAccuracyFilter
 from saln_exp.selectors.topk_loss import TopKLoss
 from saln_exp.selectors.topq_loss import TopQLoss
@@ -43,6 +44,7 @@ SELECTORS: dict[str, type[Selector]] = {
         LossQSplit,
         InfoBatch,
         RS2,
+        SelectiveBackprop,
     )
 }
 
