@@ -28,6 +28,7 @@ SELECTOR_STYLES: dict[str, tuple[str, str]] = {
     "infobatch": ("#AA4499", "8"),
     "rs2": ("#DDDDDD", "H"),
     "selective_backprop": ("#661100", "1"),
+    "importance": ("#6699CC", "2"),
 }
 UNKNOWN_STYLE = ("#DDCC77", ".")  # a selector added without an entry here: visible, never confused
 

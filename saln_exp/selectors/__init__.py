@@ -12,6 +12,7 @@ from saln_exp.selectors.accuracy import AccuracyFilter
 from saln_exp.selectors.accuracy_epoch import EpochAccuracyFilter
 from saln_exp.selectors.base import Batch, BatchView, RunContext, Selection, Selector, ViewSources
 from saln_exp.selectors.hard_accuracy_topk import HardAccuracyTopK
+from saln_exp.selectors.importance import ImportanceSampling
 from saln_exp.selectors.infobatch import InfoBatch
 from saln_exp.selectors.jest import JEST
 from saln_exp.selectors.loss_qsplit import LossQSplit
@@ -45,6 +46,7 @@ SELECTORS: dict[str, type[Selector]] = {
         InfoBatch,
         RS2,
         SelectiveBackprop,
+        ImportanceSampling,
     )
 }
 

@@ -1,0 +1,71 @@
+"""Importance sampling (Katharopoulos and Fleuret 2018) from the paper's text: draws with
+replacement in proportion to the score, weights 1 / (B p), an unbiased gradient, and the paper's
+gradient-norm upper bound ||softmax(z) - onehot(y)||."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from saln_exp.selectors.base import Batch, BatchView
+from saln_exp.selectors.importance import ImportanceSampling
+
+
+def test_draws_follow_the_scores_and_weights_are_one_over_b_p():
+    scores = torch.tensor([1.0, 2.0, 3.0, 4.0, 0.0, 10.0])
+    p = scores / scores.sum()
+    counts, trials = np.zeros(6), 4000
+    for seed in range(trials):
+        sel = ImportanceSampling(filter_ratio=0.5, seed=seed)  # b = 3 draws from B = 6
+        positions, weights = sel.draw(scores)
+        b, k = 3, len(positions)
+        # undo the multiplicity scaling: weight = (k / b) * c_i / (B p_i)
+        c = (weights * b / k * 6 * p[positions]).round()
+        assert torch.all(c >= 1) and int(c.sum()) == b
+        counts[positions.numpy()] += c.numpy()
+    np.testing.assert_allclose(counts / (trials * 3), p.numpy(), atol=0.01)
+    assert counts[4] == 0  # a zero score is never drawn
+
+
+def test_the_weighted_mean_is_an_unbiased_estimate_of_the_batch_gradient():
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.randn(24, 4, generator=gen), torch.randint(0, 3, (24,), generator=gen)
+    weight = torch.randn(3, 4, generator=gen, requires_grad=True)
+
+    def grad(index, w):  # the trainer's loss: mean over the kept samples of w * loss
+        loss = (F.cross_entropy(x[index] @ weight.T, y[index], reduction="none") * w).mean()
+        return torch.autograd.grad(loss, weight)[0]
+
+    full = grad(torch.arange(24), torch.ones(24))
+    logits = (x @ weight.T).detach()
+    scores = (logits.softmax(1) - F.one_hot(y, 3).float()).norm(dim=1)
+    total, trials = torch.zeros_like(full), 4000
+    for seed in range(trials):
+        positions, w = ImportanceSampling(filter_ratio=0.75, seed=seed).draw(scores)
+        total += grad(positions, w)
+    torch.testing.assert_close(total / trials, full, atol=0.03 * float(full.abs().max()), rtol=0)
+
+
+def test_the_score_is_the_gradient_norm_with_respect_to_the_logits():
+    from omegaconf import OmegaConf
+
+    from saln_exp.models import build_model
+
+    model = build_model(OmegaConf.create({"name": "fcnet", "hidden": 8}), (1, 4, 4), 4).eval()
+    batch = Batch(torch.arange(8), torch.randn(8, 1, 4, 4), torch.randint(0, 4, (8,)))
+    ours = ImportanceSampling().scores(batch, BatchView(batch, model))
+    logits = model(batch.x).detach().requires_grad_(True)
+    per_sample = [torch.autograd.grad(F.cross_entropy(logits[i : i + 1], batch.y[i : i + 1]), logits)[0][i]
+                  for i in range(8)]  # fmt: skip
+    torch.testing.assert_close(ours, torch.stack(per_sample).norm(dim=1))
+    assert torch.equal(ImportanceSampling(score="loss").scores(batch, BatchView(batch, model)),
+                       BatchView(batch, model).losses.float())  # fmt: skip
+
+
+def test_an_unknown_score_is_one_clear_error():
+    from saln_exp.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"selector\.score must be one of"):
+        ImportanceSampling(score="gradient")
