@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import signal
 import sys
 import time
@@ -29,6 +30,8 @@ log = logging.getLogger(__name__)
 # set by the local launcher for its jobs (submitit's local executor passes no cpus per task)
 CPUS_PER_TASK_ENV = "SALN_CPUS_PER_TASK"
 LATEST = "latest"
+# a command-line value Hydra's basic sweeper expands into several jobs
+SWEEP_VALUE = re.compile(r",|^(range|choice|glob|interval)\(")
 
 
 @dataclass
@@ -50,17 +53,27 @@ def hydra_runtime() -> Runtime:
         multirun=multirun,
         overrides=overrides,
         run_name=hc.job.override_dirname or None,
-        group=sweep_group(hc.runtime.choices.get("experiment"), overrides, Path(hc.sweep.dir).name)
+        group=sweep_group(
+            hc.runtime.choices.get("experiment"), sys.argv[1:], Path(hc.sweep.dir).name
+        )
         if multirun
         else None,
     )
 
 
-def sweep_group(experiment: str | None, overrides: list[str], sweep_name: str) -> str:
-    """The W&B group of a sweep's jobs: what the sweep is (its experiment, else the keys it sets)
-    and when it ran, e.g. `assist_4_5 2026-12-01_12-00-00` or `seed+selector 2026-12-01_12-00-00`."""
-    keys = sorted({o.split("=", 1)[0].lstrip("+~") for o in overrides if "=" in o} - {"experiment"})
-    what = experiment if experiment and experiment != "null" else "+".join(keys) or "sweep"
+def sweep_group(experiment: str | None, command_line: list[str], sweep_name: str) -> str:
+    """The W&B group of a sweep's jobs: what the sweep is (its experiment, else the keys it
+    sweeps over on the command line) and when it ran, e.g. `assist_4_5 2026-12-01_12-00-00` or
+    `optimizer.lr+seed 2026-12-01_12-00-00`."""
+    swept = sorted(
+        {
+            a.split("=", 1)[0].lstrip("+~")
+            for a in command_line
+            if "=" in a and SWEEP_VALUE.search(a.split("=", 1)[1])
+        }
+        - {"experiment", "hydra.sweep.dir"}
+    )
+    what = experiment if experiment and experiment != "null" else "+".join(swept) or "sweep"
     return f"{what} {sweep_name}"
 
 

@@ -44,7 +44,7 @@ def test_a_failing_job_is_recorded_and_the_others_complete(tmp_path):
     assert "3 job(s) failed" in out.stderr and "filter_ratio=1.5" in out.stderr
     # one W&B group per sweep, job type = selector, run named from its overrides
     info = run_info(next((sweep_dir / "0" / "wandb").rglob("run-*.wandb")))
-    assert info["group"] == sweep_dir.name
+    assert info["group"] == f"optimizer.lr+selector.filter_ratio {sweep_dir.name}"
     assert info["job_type"] == "uniform"
     assert "selector.filter_ratio=0.5" in info["name"]
 
@@ -102,11 +102,10 @@ def test_optuna_search_runs_on_the_offline_default(tmp_path):
 def test_the_wandb_group_of_a_sweep_says_what_it_is():
     from saln_exp.sweep import sweep_group
 
-    assert sweep_group(
-        "assist_4_5", ["experiment=assist_4_5", "seed=1"], "2026-12-01_12-00-00"
-    ) == ("assist_4_5 2026-12-01_12-00-00")
     assert (
-        sweep_group(None, ["selector=saln", "seed=0", "logger=wandb"], "t")
-        == "logger+seed+selector t"
+        sweep_group("assist_4_5", ["-m", "experiment=assist_4_5", "seed=1,2"], "t")
+        == "assist_4_5 t"
     )
-    assert sweep_group(None, [], "t") == "sweep t"
+    command = ["-m", "selector=none,saln", "seed=range(3)", "logger=wandb", "hydra.sweep.dir=a,b"]
+    assert sweep_group(None, command, "2026-12-01_12-00-00") == "seed+selector 2026-12-01_12-00-00"
+    assert sweep_group(None, ["-m", "logger=none"], "t") == "sweep t"
