@@ -29,6 +29,7 @@ SELECTOR_STYLES: dict[str, tuple[str, str]] = {
     "rs2": ("#DDDDDD", "H"),
     "selective_backprop": ("#661100", "1"),
     "importance": ("#6699CC", "2"),
+    "divbs": ("#997700", "3"),
 }
 UNKNOWN_STYLE = ("#DDCC77", ".")  # a selector added without an entry here: visible, never confused
 

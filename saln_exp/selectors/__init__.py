@@ -11,6 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 from saln_exp.selectors.accuracy import AccuracyFilter
 from saln_exp.selectors.accuracy_epoch import EpochAccuracyFilter
 from saln_exp.selectors.base import Batch, BatchView, RunContext, Selection, Selector, ViewSources
+from saln_exp.selectors.divbs import DivBS
 from saln_exp.selectors.hard_accuracy_topk import HardAccuracyTopK
 from saln_exp.selectors.importance import ImportanceSampling
 from saln_exp.selectors.infobatch import InfoBatch
@@ -47,6 +48,7 @@ SELECTORS: dict[str, type[Selector]] = {
         RS2,
         SelectiveBackprop,
         ImportanceSampling,
+        DivBS,
     )
 }
 
