@@ -34,6 +34,7 @@ from saln_exp.optim import build_optimizer, build_scheduler
 from saln_exp.rundir import FINAL_LAYER, FORGETTING, SELECTION_EXAMPLE, save_npz, save_torch
 from saln_exp.selectors import Batch, BatchView, RunContext, Selection, Selector, ViewSources
 from saln_exp.selectors.accumulate import Accumulator
+from saln_exp.selectors.diagnostics import class_entropy_ratio, topk_loss_overlap
 from saln_exp.tracking import Tracking
 
 log = logging.getLogger(__name__)
@@ -265,12 +266,16 @@ class Trainer:
                     self.data.noisy[batch.index[selection.positions]].float().mean().item()
                 )
                 values["noisy_batch_frac"] = self.data.noisy[batch.index].float().mean().item()
+            values["class_entropy_ratio"] = class_entropy_ratio(
+                batch.y, selection.positions, self.data.num_classes
+            )
             # free when the selector already looked at losses; otherwise an extra forward, on request
             dropped_some = len(selection.positions) < len(batch)
             if view.has("losses") or (self.loss_diagnostics and dropped_some):
                 losses = view.losses
                 dropped = torch.ones(len(batch), dtype=torch.bool, device=losses.device)
                 dropped[selection.positions] = False
+                values["topk_loss_overlap"] = topk_loss_overlap(losses, selection.positions)
                 values["loss_kept"] = losses[~dropped].mean().item()
                 values["loss_dropped"] = (
                     losses[dropped].mean().item() if dropped.any() else float("nan")

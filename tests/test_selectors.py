@@ -489,3 +489,21 @@ def test_accumulator_steps_as_soon_as_the_batch_is_full():
     full = acc.add(Batch(torch.arange(4, 8), torch.zeros(4, 2), torch.zeros(4, dtype=torch.long)))
     assert full is not None and full.index.tolist() == list(range(8))
     assert acc.overflow == 0 and acc.count == 0
+
+
+def test_class_balance_and_topk_overlap_diagnostics_from_their_definitions():
+    import math
+
+    from saln_exp.selectors.diagnostics import class_entropy_ratio, topk_loss_overlap
+
+    labels = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
+    assert class_entropy_ratio(labels, torch.tensor([0, 2, 4, 6]), 4) == pytest.approx(
+        1.0
+    )  # one per class
+    assert class_entropy_ratio(labels, torch.tensor([0, 1]), 4) == 0.0  # one class only
+    two = -2 * 0.5 * math.log(0.5)
+    assert class_entropy_ratio(labels, torch.tensor([0, 2]), 4) == pytest.approx(two / math.log(4))
+    losses = torch.tensor([0.1, 5.0, 0.2, 4.0, 0.3, 3.0, 0.4, 2.0])
+    assert topk_loss_overlap(losses, torch.tensor([1, 3, 5, 7])) == 1.0  # exactly the top 4
+    assert topk_loss_overlap(losses, torch.tensor([0, 2, 4, 6])) == 0.0
+    assert topk_loss_overlap(losses, torch.tensor([1, 0])) == 0.5
