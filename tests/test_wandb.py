@@ -166,4 +166,11 @@ def test_a_run_whose_wandb_failed_does_not_leak_into_the_next_run(make_cfg, tmp_
     cfg = make_cfg("logger=wandb", "logger.mode=offline", *FAST)
     cfg.paths.output_dir = str(tmp_path / "next")
     run(cfg)
-    assert [r["epoch"] for r in history(wandb_file(tmp_path / "next")) if "test/acc" in r] == [1, 2]
+    # the next run is its own W&B run (its own id), not the broken one continued
+    assert (
+        run_info(wandb_file(tmp_path / "next"))["id"]
+        == (tmp_path / "next" / "wandb_id").read_text().strip()
+    )
+    assert (tmp_path / "next" / "wandb_id").read_text() != (
+        tmp_path / "run" / "wandb_id"
+    ).read_text()
