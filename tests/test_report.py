@@ -146,7 +146,8 @@ def test_cli_writes_tables_csv_and_readable_figures(sweep, tmp_path, capsys):
     pngs, pdfs = sorted(out.glob("figures/*.png")), sorted(out.glob("figures/*.pdf"))
     names = {p.stem for p in pngs}
     assert names == {
-        f"saln_pets_{kind}" for kind in ("curves_epoch", "curves_time", "selection", "final_layer")
+        f"saln_pets_{kind}"
+        for kind in ("curves_epoch", "curves_time", "selection", "final_layer", "pareto")
     }
     assert {p.stem for p in pdfs} == names
     for png in pngs:
@@ -368,3 +369,11 @@ def test_the_report_goes_to_wandb_as_tables_and_images(sweep, tmp_path, capsys, 
     assert "tables/saln_tables_1_5_oxford_iiit_pet_accuracy/_type" in keys
     assert any(k.startswith("figures/saln_pets_curves_epoch/") for k in keys)
     assert run_info(path)["job_type"] == "report"
+
+
+def test_the_pareto_front_keeps_only_points_nothing_beats_on_both_axes():
+    from saln_exp.report.figures import pareto_front
+
+    cost = np.array([1.0, 2.0, 3.0, 1.5, 4.0, 2.0])
+    acc = np.array([0.5, 0.7, 0.9, 0.4, 0.85, 0.6])
+    assert pareto_front(cost, acc).tolist() == [0, 1, 2]  # 3 and 5 are beaten by 0 and 1; 4 by 2

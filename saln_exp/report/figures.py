@@ -174,6 +174,53 @@ def noise_facets_figure(
     return fig
 
 
+# -- cost against accuracy ------------------------------------------------------------------------
+PARETO_AXES = (("train_time_s", "training seconds (train + select)"),
+               ("samples_backprop", "samples back-propagated"))  # fmt: skip
+
+
+def pareto_front(cost: np.ndarray, acc: np.ndarray) -> np.ndarray:
+    """Indices of the points no other point beats on both (lower cost, higher accuracy), by cost."""
+    order = np.lexsort((-acc, cost))
+    front, best = [], -np.inf
+    for i in order:
+        if acc[i] > best:
+            front.append(i)
+            best = acc[i]
+    return np.array(front, dtype=int)
+
+
+def pareto_figure(runs: pd.DataFrame, title: str) -> Figure:
+    """Final test accuracy against training seconds and against back-propagated samples, one point
+    (mean ± std over seeds) per method in its fixed colour and marker, the Pareto front joined."""
+    fig = Figure(figsize=(11, 4.2), layout="constrained")
+    axes = fig.subplots(1, 2, sharey=True)
+    styles, counts = variant_styles(runs), seed_counts(runs)
+    acc_column = "final_test_acc" if "final_test_acc" in runs else "test/acc"
+    stats = runs.groupby("variant")[[acc_column, *(c for c, _ in PARETO_AXES)]].agg(["mean", "std"])
+    for ax, (column, label) in zip(axes, PARETO_AXES, strict=True):
+        cost, acc = (
+            stats[(column, "mean")].to_numpy(float),
+            stats[(acc_column, "mean")].to_numpy(float),
+        )
+        for i, variant in enumerate(stats.index):
+            colour, marker = styles[variant]
+            ax.errorbar(cost[i], acc[i], xerr=np.nan_to_num(stats[(column, "std")].iloc[i]),
+                        yerr=np.nan_to_num(stats[(acc_column, "std")].iloc[i]), color=colour,
+                        marker=marker, markersize=7, capsize=3, linestyle="none",
+                        label=f"{variant} (n={counts[variant]})")  # fmt: skip
+        ok = np.isfinite(cost) & np.isfinite(acc)
+        front = np.flatnonzero(ok)[pareto_front(cost[ok], acc[ok])]
+        ax.plot(cost[front], acc[front], "--", color="0.5", linewidth=1, label="Pareto front")
+        ax.set(xlabel=label)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("final test accuracy")
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside right upper", fontsize=8)
+    fig.suptitle(title)
+    return fig
+
+
 # -- selection examples (SALN Fig. 7-8) -------------------------------------------------------------
 def montage(images: np.ndarray, kept: np.ndarray, border: int = 2) -> np.ndarray:
     """uint8 [n, C, H, W] -> one RGB grid; kept images framed green, dropped ones red and faded."""
@@ -346,6 +393,9 @@ def group_figures(
         ):  # fmt: skip
             figure = curves_figure(runs, curves, x, xlabel, f"{setting}: {what}", log_loss)
             paths += save(figure, out_dir, f"{group}_curves_{name}")
+    if runs["variant"].nunique() > 1 and {"train_time_s", "samples_backprop"} <= set(runs):
+        figure = pareto_figure(runs, f"{setting}: accuracy against cost (bars: ± std over seeds)")
+        paths += save(figure, out_dir, f"{group}_pareto")
     paths += run_file_figures(setting, runs[runs["run_dir"].fillna("") != ""], out_dir, group)
     if uses_accumulation(curves):
         paths += save(
