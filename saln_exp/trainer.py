@@ -266,8 +266,11 @@ class Trainer:
                     self.data.noisy[batch.index[selection.positions]].float().mean().item()
                 )
                 values["noisy_batch_frac"] = self.data.noisy[batch.index].float().mean().item()
-            values["class_entropy_ratio"] = class_entropy_ratio(
-                batch.y, selection.positions, self.data.num_classes
+            # nothing dropped: as balanced as the batch by definition, and no device round trip
+            values["class_entropy_ratio"] = (
+                class_entropy_ratio(batch.y, selection.positions, self.data.num_classes)
+                if len(selection.positions) < len(batch)
+                else 1.0
             )
             # free when the selector already looked at losses; otherwise an extra forward, on request
             dropped_some = len(selection.positions) < len(batch)

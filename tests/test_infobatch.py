@@ -40,6 +40,7 @@ class FakeContext:
             "Data", (), {"train": FakeSplit(n), "noisy": torch.zeros(n, dtype=torch.bool)}
         )()
         self.cfg = OmegaConf.create({"trainer": {"epochs": epochs}})
+        self.device = torch.device("cpu")
 
 
 def infobatch_after_one_epoch(

@@ -49,22 +49,30 @@ class InfoBatch(Selector):
     wants_training_losses = True
 
     def observe_training_losses(self, index: Tensor, losses: Tensor) -> None:
-        self.scores[index.cpu()] = losses.float().cpu()
+        # scores live on the training device: no host round trip per step
+        if self.scores.device != losses.device:  # a checkpoint is read back on the CPU
+            self.scores, self.weights = (
+                self.scores.to(losses.device),
+                self.weights.to(losses.device),
+            )
+        self.scores[index] = losses.float()
 
     def epoch_positions(self, ctx: RunContext) -> Tensor:
         train = ctx.data.train
         n_rows = len(ctx.data.noisy)  # dataset-index space (train and validation rows)
         if self.scores is None:
-            self.scores = torch.full((n_rows,), INITIAL_SCORE)
-            self.weights = torch.ones(n_rows)
+            self.scores = torch.full((n_rows,), INITIAL_SCORE, device=ctx.device)
+            self.weights = torch.ones(n_rows, device=ctx.device)
         self.weights.fill_(1.0)
         epochs = int(ctx.cfg.trainer.epochs)
         pruning = self.epoch <= self.delta * epochs
         self.epoch += 1
         positions = torch.arange(len(train))
-        if pruning:
-            positions, kept_well_learned = self.prune(self.scores[train.indices.cpu()])
-            self.weights[train.indices.cpu()[kept_well_learned]] = 1.0 / self.keep_ratio
+        if pruning:  # once per epoch: the scores come to the host for the draw
+            positions, kept_well_learned = self.prune(self.scores.cpu()[train.indices.cpu()])
+            self.weights[train.indices.cpu()[kept_well_learned].to(self.weights.device)] = (
+                1.0 / self.keep_ratio
+            )
         self.epoch_kept_frac = len(positions) / len(train)
         return positions
 
@@ -80,7 +88,7 @@ class InfoBatch(Selector):
     def choose(self, batch: Batch, view: BatchView):
         if self.weights is None:  # outside an epoch (no `epoch_positions` yet): nothing pruned
             return torch.arange(len(batch)), {"epoch_kept_frac": 1.0}
-        weights = self.weights[batch.index.cpu()].to(batch.y.device)
+        weights = self.weights[batch.index.to(self.weights.device)].to(batch.y.device)
         return torch.arange(len(batch)), {"epoch_kept_frac": self.epoch_kept_frac}, weights
 
     def state_dict(self) -> dict:
