@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from saln_exp import rng
+
 NOISE_KINDS = ("symmetric", "pair")
 
 
@@ -19,7 +21,7 @@ def corrupt_labels(
     """
     if kind not in NOISE_KINDS:
         raise ValueError(f"label_noise.kind must be one of {NOISE_KINDS}, got {kind!r}")
-    g = torch.Generator().manual_seed(int(seed) + 7919)  # independent of the split's stream
+    g = rng.generator(int(seed), "label_noise")  # independent of the split's stream
     targets = targets.clone().cpu()
     chosen = []
     for c in range(num_classes):

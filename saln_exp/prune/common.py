@@ -1,7 +1,7 @@
 """What every pruning method shares: the scoring models' recipe, an isolated random stream, one
 short training loop, the kept subset of a DataBundle, and label-noise bookkeeping.
 
-A scoring model is trained in its own random stream (`isolated_rng`), so pruning never shifts the
+A scoring model is trained in its own random stream (`rng.isolated`), so pruning never shifts the
 learner's initialisation or batch order: a run with `prune=X` draws exactly the numbers the same
 run with `prune=none` draws once the training split is fixed.
 """
@@ -9,9 +9,7 @@ run with `prune=none` draws once the training split is fixed.
 from __future__ import annotations
 
 import dataclasses
-import random
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,9 +21,7 @@ from torch import Tensor, nn
 from saln_exp.data.base import DataBundle, Split
 from saln_exp.fit import fit
 from saln_exp.models import build_model
-
-# added to the seed by each method, so two methods with the same seed do not share models
-SEED_OFFSETS = {"confident_learning": 1009, "el2n": 2003, "grand": 2003, "forgetting": 3001}
+from saln_exp.rng import isolated, stream_seed
 
 
 @dataclass
@@ -49,24 +45,8 @@ def scorer_settings(cfg: DictConfig) -> dict[str, Any]:
         "optimizer": OmegaConf.to_container(p.get("optimizer") or cfg.optimizer, resolve=True),
         "batch_size": int(p.get("batch_size") or cfg.dataset.batch_size),
         "epochs": int(p.get("epochs", 0)),
-        "seed": int(cfg.seed if seed is None else seed) + SEED_OFFSETS.get(p.name, 0),
+        "seed": stream_seed(int(cfg.seed if seed is None else seed), f"prune/{p.name}"),
     }
-
-
-@contextmanager
-def isolated_rng(seed: int, device: torch.device) -> Iterator[None]:
-    """Seed torch, numpy and python's random inside, restore all three streams outside."""
-    devices = [device.index or 0] if device.type == "cuda" else []
-    np_state, py_state = np.random.get_state(), random.getstate()
-    try:
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(seed)
-            np.random.seed(seed % 2**32)
-            random.seed(seed)
-            yield
-    finally:
-        np.random.set_state(np_state)
-        random.setstate(py_state)
 
 
 def new_model(settings: dict[str, Any], data: DataBundle, device: torch.device) -> nn.Module:
@@ -134,9 +114,9 @@ def average_over_inits(
     per_repeat = []
     for r in range(int(cfg.prune.repeats)):
         seed = settings["seed"] + r
-        with isolated_rng(seed, device):
+        with isolated(seed, device):
             model = new_model(settings, data, device)
-            g = torch.Generator().manual_seed(seed)
+            g = torch.Generator().manual_seed(seed)  # the repeat's own stream (rng.py)
             fit(model, data.train, data, settings, g, desc=f"{desc} model {r + 1}",
                 progress=bool(cfg.trainer.get("progress", False)))  # fmt: skip
             per_repeat.append(score(model, data.train, data, int(cfg.eval.batch_size)).cpu())

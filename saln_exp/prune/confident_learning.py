@@ -21,7 +21,8 @@ from sklearn.model_selection import KFold, StratifiedKFold
 from saln_exp.data.base import DataBundle
 from saln_exp.fit import fit
 from saln_exp.metrics import per_sample_outputs
-from saln_exp.prune.common import PruneResult, isolated_rng, new_model, scorer_settings
+from saln_exp.prune.common import PruneResult, new_model, scorer_settings
+from saln_exp.rng import isolated
 
 FILTER_BY = (
     "prune_by_noise_rate",
@@ -56,7 +57,7 @@ def out_of_sample_probs(
     for k, held in enumerate(folds):
         fit_pos = torch.as_tensor(np.setdiff1d(np.arange(len(train)), held), device=device)
         held_pos = torch.as_tensor(held, device=device)
-        with isolated_rng(settings["seed"] + k, device):
+        with isolated(settings["seed"] + k, device):
             model = new_model(settings, data, device)
             g = torch.Generator().manual_seed(settings["seed"] + k)
             fit(model, train, data, settings, g, positions=fit_pos,

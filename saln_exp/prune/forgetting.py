@@ -19,7 +19,8 @@ from torch import Tensor
 from saln_exp.data.base import DataBundle
 from saln_exp.fit import fit
 from saln_exp.forgetting import ForgettingTracker
-from saln_exp.prune.common import PruneResult, isolated_rng, new_model, scorer_settings
+from saln_exp.prune.common import PruneResult, new_model, scorer_settings
+from saln_exp.rng import isolated
 
 
 def forgetting_scores(events: np.ndarray, learned: np.ndarray) -> np.ndarray:
@@ -57,7 +58,7 @@ def prune(cfg: DictConfig, data: DataBundle, device: torch.device) -> PruneResul
         new = correct & (first_learned[index] < 0)
         first_learned[index[new]] = epoch
 
-    with isolated_rng(settings["seed"], device):
+    with isolated(settings["seed"], device):
         model = new_model(settings, data, device)
         g = torch.Generator().manual_seed(settings["seed"])
         fit(model, train, data, settings, g, on_batch=count, desc="forgetting",
