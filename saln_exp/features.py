@@ -3,29 +3,28 @@
 The paper extracts ResNet-50 features of the whole dataset once and reuses them for every batch.
 Here the features of the un-augmented training images (train and validation rows alike, keyed by
 source index) are computed on the first run and cached on disk under
-`paths.cache_dir/features/`, keyed by the dataset's content settings, the backbone, its weights
-and the input size; every later run with the same key loads them instead of extracting again.
+`paths.cache_dir/features/`, keyed by the images (cache.dataset_content), the rows extracted,
+the backbone, its weights and the input size; every later run with the same key loads them instead of extracting again.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 import torchvision
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from saln_exp.cache import publish_torch
+from saln_exp.cache import StaleEntry, dataset_content, fingerprint, load_or_compute
 from saln_exp.data.base import IMAGENET_MEAN, IMAGENET_STD, DataBundle
 from saln_exp.errors import ConfigError
 from saln_exp.models.weights import pretrained_state_dict
-from saln_exp.safe_load import load_cached
+from saln_exp.safe_load import load_plain
 
 log = logging.getLogger(__name__)
 
@@ -33,8 +32,6 @@ BACKBONES = {
     "resnet50": (torchvision.models.resnet50, torchvision.models.ResNet50_Weights),
     "resnet18": (torchvision.models.resnet18, torchvision.models.ResNet18_Weights),
 }
-# dataset options that do not change the pixels of the source training set
-NOT_CONTENT = {"batch_size", "val_fraction", "label_noise", "download", "augment"}
 
 
 def check_backbone(name: str, weights: str | None) -> None:
@@ -59,16 +56,33 @@ def build_backbone(name: str, weights: str | None, download: bool) -> nn.Module:
     return net.eval().requires_grad_(False)
 
 
-def cache_key(dataset_cfg: DictConfig, backbone: str, weights: str | None, size: int | None) -> str:
-    content = {
-        k: v
-        for k, v in OmegaConf.to_container(dataset_cfg, resolve=True).items()
-        if k not in NOT_CONTENT
-    }
-    blob = json.dumps(
-        {"dataset": content, "backbone": backbone, "weights": weights, "size": size}, sort_keys=True
-    )
-    return f"{dataset_cfg.name}_{backbone}_{weights}_{size}_{hashlib.sha1(blob.encode()).hexdigest()[:10]}"
+def cache_key(
+    data: DataBundle, dataset_cfg: DictConfig, backbone: str, weights: str | None, size: int | None
+) -> str:
+    """The images (not the split or the labels) and which rows are extracted: a pruned training
+    split extracts fewer rows, and its file must never serve a run that needs the others."""
+    rows = torch.cat([s.indices for s in (data.train, data.val) if s is not None]).sort().values
+    content = dataset_content(dataset_cfg, images_only=True)
+    content["rows"] = hashlib.sha1(rows.cpu().numpy().tobytes()).hexdigest()
+    recipe = {"backbone": backbone, "weights": weights, "size": size}
+    return f"{dataset_cfg.name}_{backbone}_{weights}_{size}_{fingerprint(content, recipe)}"
+
+
+@torch.inference_mode()
+def embed(backbone: nn.Module, images: Tensor, size: int | None) -> Tensor:
+    """Backbone features of a batch of raw images, preprocessed as ImageNet backbones expect:
+    scaled to [0, 1] (uint8), grey made RGB, resized to `size` (None: native), ImageNet
+    mean / std. The one preprocessing of cached features (and of the benchmark's uncached ones)."""
+    x = images.float().div_(255.0) if images.dtype == torch.uint8 else images.float()
+    if x.shape[1] == 1:
+        x = x.expand(-1, 3, -1, -1)
+    if size is not None and x.shape[-1] != size:
+        x = F.interpolate(
+            x, size=(size, size), mode="bilinear", align_corners=False, antialias=True
+        )
+    mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
+    return backbone((x - mean) / std).float()
 
 
 @torch.inference_mode()
@@ -80,21 +94,12 @@ def extract(
     n_rows = len(data.noisy)
     backbone = backbone.to(device)
     out: Tensor | None = None
-    mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
     total = sum(len(s) for s in splits)
     with tqdm(total=total, desc="extracting features", leave=False, disable=None) as bar:
         for split in splits:
             for start in range(0, len(split), batch_size):
                 x = split.images[start : start + batch_size].to(device)
-                x = x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
-                if x.shape[1] == 1:
-                    x = x.expand(-1, 3, -1, -1)
-                if size is not None and x.shape[-1] != size:
-                    x = F.interpolate(
-                        x, size=(size, size), mode="bilinear", align_corners=False, antialias=True
-                    )
-                feats = backbone((x - mean) / std).float()
+                feats = embed(backbone, x, size)
                 if out is None:
                     out = torch.zeros(n_rows, feats.shape[1], device=device)
                 out[split.indices[start : start + batch_size]] = feats
@@ -125,17 +130,22 @@ class FeatureStore:
         download: bool = False,
         batch_size: int = 128,
     ) -> FeatureStore:
-        path = (
-            Path(cache_dir) / "features" / f"{cache_key(dataset_cfg, backbone, weights, size)}.pt"
+        key = cache_key(data, dataset_cfg, backbone, weights, size)
+        path = Path(cache_dir) / "features" / f"{key}.pt"
+
+        def load(file: Path) -> Tensor:
+            features = load_plain(file, device)
+            if not isinstance(features, Tensor) or len(features) != len(data.noisy):
+                raise StaleEntry(f"not a [{len(data.noisy)}, d] feature tensor")
+            return features
+
+        def compute() -> Tensor:
+            log.info("pretrained features: extracting with %s (%s)", backbone, weights)
+            return extract(
+                build_backbone(backbone, weights, download), data, size, batch_size, device
+            )
+
+        features, _ = load_or_compute(
+            path, "pretrained features", load, compute, lambda t, tmp: torch.save(t.cpu(), tmp)
         )
-        cached = load_cached(path, "pretrained features", device) if path.exists() else None
-        if isinstance(cached, torch.Tensor):
-            log.info("pretrained features: loaded from cache %s", path)
-            return cls(cached)
-        log.info(
-            "pretrained features: extracting with %s (%s), caching to %s", backbone, weights, path
-        )
-        net = build_backbone(backbone, weights, download)
-        features = extract(net, data, size, batch_size, device)
-        publish_torch(path, features.cpu(), "pretrained features")
         return cls(features)

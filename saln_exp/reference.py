@@ -10,8 +10,7 @@ on every lookup (RHO-LOSS's order check); with augmentation they are computed on
 
 from __future__ import annotations
 
-import hashlib
-import json
+import copy
 import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,13 +20,14 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 from torch import Tensor, nn
 
-from saln_exp.cache import publish_torch
+from saln_exp import rng
+from saln_exp.cache import dataset_content, fingerprint, load_or_compute
 from saln_exp.data.base import DataBundle, Split
 from saln_exp.errors import ConfigError
 from saln_exp.fit import fit
 from saln_exp.metrics import per_sample_outputs
 from saln_exp.models import build_model
-from saln_exp.safe_load import UNREADABLE, load_cached, load_plain
+from saln_exp.safe_load import UNREADABLE, load_plain
 
 if TYPE_CHECKING:  # the selectors package imports this module: no runtime import back
     from saln_exp.selectors.base import Batch, RunContext
@@ -55,28 +55,14 @@ def reference_settings(ctx: RunContext, options: dict[str, Any]) -> dict[str, An
         "epochs": int(options.get("epochs", 10)),
         "batch_size": int(options.get("batch_size") or cfg.dataset.batch_size),
         "seed": int(cfg.seed),
-        "dataset": OmegaConf.to_container(cfg.dataset, resolve=True),
-        # prune=... shrinks the training split: a reference trained on it must not be reused
-        # for another subset (the dataset config alone cannot tell them apart)
-        "train_split": hashlib.sha1(ctx.data.train.indices.cpu().numpy().tobytes()).hexdigest()
-        if split == "train"
-        else None,
     }
-
-
-def settings_hash(settings: dict[str, Any]) -> str:
-    fingerprint = {k: v for k, v in settings.items()}
-    fingerprint["dataset"] = {
-        k: v for k, v in settings["dataset"].items() if k not in ("batch_size", "download")
-    }
-    return hashlib.sha1(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def fit_reference(
     model: nn.Module, split: Split, data: DataBundle, settings: dict[str, Any], device: torch.device
 ) -> None:
     """Plain mini-batch SGD on the held-out split (no selection, no evaluation)."""
-    generator = torch.Generator().manual_seed(settings["seed"] + 31)
+    generator = rng.generator(settings["seed"], "reference_order")
     fit(model, split, data, settings, generator, desc=f"reference model on {settings['split']}",
         lr_key="selector.reference.optimizer")  # fmt: skip
 
@@ -135,25 +121,29 @@ class ReferenceLosses:
                     f"model={settings['model']['name']} ({type(err).__name__})"
                 ) from None
             return model.eval()
-        path = Path(ctx.cache_dir) / "reference" / f"{settings_hash(settings)}.pt"
-        cached = load_cached(path, "reference model", ctx.device) if path.exists() else None
-        if cached is not None:
-            try:
-                model.load_state_dict(cached)
-                log.info("reference model: loaded from cache %s", path)
-                return model.eval()
-            except (KeyError, RuntimeError, TypeError, AttributeError) as err:
-                log.warning("reference model cache %s does not fit (%s); training again", path, err)
-        if settings["split"] == "train":
-            log.warning(
-                "reference model: no validation split, so it trains on the training split; "
-                "set dataset.val_fraction > 0 for a held-out reference as in RHO-LOSS"
-            )
         split = ctx.data.val if settings["split"] == "val" else ctx.data.train
-        with torch.random.fork_rng(devices=[]):  # the learner's random stream stays untouched
-            torch.manual_seed(settings["seed"] + 97)
-            fit_reference(model, split, ctx.data, settings, ctx.device)
-        if publish_torch(path, model.state_dict(), "reference model"):
-            log.info("reference model: trained %d epochs on %s, cached at %s",
-                     settings["epochs"], settings["split"], path)  # fmt: skip
+        key = fingerprint(dataset_content(ctx.cfg.dataset, split), settings)
+        path = Path(ctx.cache_dir) / "reference" / f"{key}.pt"
+
+        def load(file: Path) -> nn.Module:
+            loaded = copy.deepcopy(model)  # a half-loaded state must not leak into training
+            loaded.load_state_dict(load_plain(file, ctx.device))
+            return loaded.eval()
+
+        def train() -> nn.Module:
+            if settings["split"] == "train":
+                log.warning(
+                    "reference model: no validation split, so it trains on the training split; "
+                    "set dataset.val_fraction > 0 for a held-out reference as in RHO-LOSS"
+                )
+            with rng.isolated(rng.stream_seed(settings["seed"], "reference_fit"), ctx.device):
+                fit_reference(model, split, ctx.data, settings, ctx.device)
+            log.info(
+                "reference model: trained %d epochs on %s", settings["epochs"], settings["split"]
+            )
+            return model
+
+        model, _ = load_or_compute(
+            path, "reference model", load, train, lambda m, tmp: torch.save(m.state_dict(), tmp)
+        )
         return model

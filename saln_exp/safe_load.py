@@ -33,15 +33,3 @@ UNREADABLE = (
 def load_plain(path: str | Path, map_location: Any = "cpu") -> Any:
     """`torch.load` that accepts tensors, numbers, strings and containers of them, nothing else."""
     return torch.load(path, map_location=map_location, weights_only=True)
-
-
-def load_cached(path: Path, what: str, map_location: Any = "cpu") -> Any | None:
-    """A cache entry, or None (with one warning naming the file) when it cannot be read safely:
-    the caller computes it again and overwrites the bad file."""
-    try:
-        return load_plain(path, map_location)
-    except UNREADABLE as err:
-        log.warning(
-            "%s cache %s is unreadable (%s); computing it again", what, path, type(err).__name__
-        )
-        return None

@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from saln_exp import PROJECT_ROOT
-from saln_exp.report.figures import load_example
-from saln_exp.safe_load import load_cached
+from saln_exp.cache import load_or_compute
+from saln_exp.images import load_example
+from saln_exp.safe_load import load_plain
 from saln_exp.train import run
 
 SMALL = ("model=fcnet", "model.hidden=16", "dataset.image_size=8", "selector=none")
@@ -54,7 +55,15 @@ def test_the_report_never_runs_a_crafted_selection_example(tmp_path, caplog):
 def test_a_crafted_cache_entry_is_a_warning_and_a_recomputation(tmp_path, caplog):
     marker = tmp_path / "pwned"
     path = crafted(tmp_path / "cache" / "features" / "key.pt", marker)
-    assert load_cached(path, "pretrained features") is None
+    value, from_cache = load_or_compute(
+        path,
+        "pretrained features",
+        load_plain,
+        lambda: torch.ones(2),
+        lambda t, tmp: torch.save(t, tmp),
+    )
+    assert not from_cache and torch.equal(value, torch.ones(2))
+    assert torch.equal(load_plain(path), torch.ones(2))  # the recomputed entry replaced it
     assert not marker.exists()
     assert any("computing it again" in r.getMessage() for r in caplog.records)
 

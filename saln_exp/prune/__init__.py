@@ -17,12 +17,10 @@ everything that determines them, so a sweep over selectors scores the data once.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
 import time
-import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -31,7 +29,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from saln_exp.cache import publish
+from saln_exp.cache import StaleEntry, dataset_content, fingerprint, load_or_compute
 from saln_exp.data.base import DataBundle
 from saln_exp.errors import ConfigError
 from saln_exp.prune import confident_learning, el2n, forgetting, grand
@@ -44,7 +42,14 @@ from saln_exp.prune.common import (
 )
 from saln_exp.rundir import LABEL_NOISE, PRUNE, write_json
 
-__all__ = ["METHODS", "prune_dataset", "subset_train", "validate_prune", "write_label_noise"]
+__all__ = [
+    "METHODS",
+    "prune_dataset",
+    "shrink_for_smoke",
+    "subset_train",
+    "validate_prune",
+    "write_label_noise",
+]
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +60,18 @@ METHODS: dict[str, Callable[[DictConfig, DataBundle, torch.device], PruneResult]
     "forgetting": forgetting.prune,
 }
 DROP = ("easy", "hard")
+
+
+def shrink_for_smoke(p: DictConfig) -> None:
+    """`smoke=true`: one epoch for the scoring models and the fewest of them the method allows
+    (one repeat for el2n / grand, two folds for confident learning). Edits `cfg.prune` in place."""
+    if p.get("name", "none") == "none":
+        return
+    p.epochs = min(int(p.epochs), 1)
+    if "repeats" in p:
+        p.repeats = 1
+    if "folds" in p:
+        p.folds = 2
 
 
 def validate_prune(cfg: DictConfig) -> None:
@@ -204,21 +221,14 @@ def prune_dataset(
 
 # -- cache ------------------------------------------------------------------------------------------
 def cache_key(cfg: DictConfig, data: DataBundle, device: torch.device) -> str:
-    """Everything the scores depend on: method options, the scoring recipe, the dataset config,
-    the exact training split (indices and given labels) and the device type."""
-    dataset = OmegaConf.to_container(cfg.dataset, resolve=True)
-    dataset.pop("download", None)
-    split = hashlib.sha1()
-    split.update(data.train.indices.cpu().numpy().tobytes())
-    split.update(data.train.targets.cpu().numpy().tobytes())
-    fingerprint = {
+    """Everything the scores depend on: the training split's content (cache.dataset_content),
+    the method's options, the scoring recipe and the device type."""
+    recipe = {
         "prune": OmegaConf.to_container(cfg.prune, resolve=True),
         "scorer": scorer_settings(cfg),
-        "dataset": dataset,
-        "split": split.hexdigest(),
         "device": device.type,
     }
-    return hashlib.sha1(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:16]
+    return fingerprint(dataset_content(cfg.dataset, data.train), recipe)
 
 
 def cached_result(
@@ -227,35 +237,38 @@ def cached_result(
     """(the method's result, whether it came from `paths.cache_dir/prune/`, the seconds its
     scoring took when it was computed). The cache is used when `prune.cache` is on."""
     method = METHODS[cfg.prune.name]
-    if not cfg.prune.get("cache", True):
+
+    def compute() -> tuple[PruneResult, float]:
         start = time.perf_counter()
-        return method(cfg, data, device), False, time.perf_counter() - start
-    key = cache_key(cfg, data, device)
-    path = Path(cfg.paths.cache_dir) / "prune" / f"{cfg.prune.name}-{key}.npz"
+        result = method(cfg, data, device)
+        return result, time.perf_counter() - start
+
+    if not cfg.prune.get("cache", True):
+        return *compute(), False
+    path = (
+        Path(cfg.paths.cache_dir) / "prune" / f"{cfg.prune.name}-{cache_key(cfg, data, device)}.npz"
+    )
     index = data.train.indices.cpu().numpy()
     reserved = ("index", "keep", "scores", "info", "seconds")
-    if path.exists():
-        try:
-            with np.load(path, allow_pickle=False) as saved:
-                if np.array_equal(saved["index"], index):
-                    arrays = {k: saved[k] for k in saved.files if k not in reserved}
-                    info = json.loads(str(saved["info"]))
-                    seconds = float(saved["seconds"]) if "seconds" in saved.files else math.nan
-                    log.info("prune=%s: scores loaded from cache %s", cfg.prune.name, path)
-                    result = PruneResult(saved["keep"], saved["scores"], arrays, info)
-                    return result, True, seconds
-        except (OSError, ValueError, KeyError, zipfile.BadZipFile) as err:  # unreadable: recompute
-            log.warning("prune cache %s unreadable (%s); scoring again", path, err)
-    start = time.perf_counter()
-    result = method(cfg, data, device)
-    seconds = time.perf_counter() - start
 
-    def write(tmp: Path) -> None:
+    def load(file: Path) -> tuple[PruneResult, float]:
+        with np.load(file, allow_pickle=False) as saved:
+            if not np.array_equal(saved["index"], index):
+                raise StaleEntry("scores of another training split")
+            arrays = {k: saved[k] for k in saved.files if k not in reserved}
+            info = json.loads(str(saved["info"]))
+            seconds = float(saved["seconds"]) if "seconds" in saved.files else math.nan
+            return PruneResult(saved["keep"], saved["scores"], arrays, info), seconds
+
+    def save(entry: tuple[PruneResult, float], tmp: Path) -> None:
+        result, seconds = entry
         with tmp.open("wb") as fh:  # a file object: numpy would append .npz to a path
             np.savez_compressed(
                 fh, index=index, keep=result.keep, scores=result.scores, seconds=seconds,
                 info=np.array(json.dumps(result.info)), **result.arrays,
             )  # fmt: skip
 
-    publish(path, write, f"prune={cfg.prune.name} scores")
-    return result, False, seconds
+    (result, seconds), from_cache = load_or_compute(
+        path, f"prune={cfg.prune.name} scores", load, compute, save
+    )
+    return result, from_cache, seconds
