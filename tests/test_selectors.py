@@ -1,5 +1,5 @@
 """Each selector against an independent implementation of its paper's pseudo-code
-(tests/reference_impl.py), plus the contract's invariants."""
+(the `oracles` package, shared with the benchmark), plus the contract's invariants."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import pytest
 import torch
 from torch import nn
 
-import reference_impl as ref
+import oracles as ref
+from oracles import saln_algorithm1
 from saln_exp.errors import ConfigError
-from saln_exp.paper_algorithms import saln_algorithm1
 from saln_exp.selectors import SELECTORS, Batch, BatchView, ViewSources, build_selector
 from saln_exp.selectors.accumulate import Accumulator
 from saln_exp.selectors.jest import chunk_sizes, joint_sample, per_sample_scores

@@ -10,28 +10,11 @@ from __future__ import annotations
 
 import re
 
-# selector -> (colour, marker); the README's palette table lists the same
-SELECTOR_STYLES: dict[str, tuple[str, str]] = {
-    "none": ("#000000", "o"),
-    "uniform": ("#999999", "s"),
-    "saln": ("#0072B2", "D"),
-    "jest": ("#D55E00", "^"),
-    "rho": ("#009E73", "v"),
-    "accuracy": ("#E69F00", "P"),
-    "accuracy_epoch": ("#CC79A7", "X"),
-    "hard_accuracy_topk": ("#56B4E9", "<"),
-    "soft_accuracy": ("#F0E442", ">"),
-    "topk_loss": ("#882255", "p"),
-    "topq_loss": ("#44AA99", "h"),
-    "loss_qsplit": ("#117733", "*"),
-    "loss_weighted": ("#332288", "d"),
-    "infobatch": ("#AA4499", "8"),
-    "rs2": ("#DDDDDD", "H"),
-    "selective_backprop": ("#661100", "1"),
-    "importance": ("#6699CC", "2"),
-    "divbs": ("#997700", "3"),
-}
-UNKNOWN_STYLE = ("#DDCC77", ".")  # a selector added without an entry here: visible, never confused
+from saln_exp.selectors import SELECTORS, Selector
+
+# selector -> (colour, marker), as each selector declares it (`Selector.style`)
+SELECTOR_STYLES: dict[str, tuple[str, str]] = {name: cls.style for name, cls in SELECTORS.items()}
+UNKNOWN_STYLE = Selector.style  # a selector that sets none: visible, never confused with another
 
 DATASET_NAMES = {
     "digits": "digits", "mnist": "MNIST", "cifar10": "CIFAR-10", "cifar100": "CIFAR-100",

@@ -17,6 +17,7 @@ from saln_exp.selectors.base import Batch, BatchView, Selector
 
 class AccuracyFilter(Selector):
     name = "accuracy"
+    style = ("#E69F00", "P")  # colour and marker in every figure (report/style.py)
 
     def choose(self, batch: Batch, view: BatchView):
         wrong = view.predictions != batch.y

@@ -17,6 +17,7 @@ from saln_exp.selectors.base import Batch, BatchView, RunContext, Selector
 
 class EpochAccuracyFilter(Selector):
     name = "accuracy_epoch"
+    style = ("#CC79A7", "X")  # colour and marker in every figure (report/style.py)
 
     def __init__(self, batchwise: bool = False, **common):
         super().__init__(**common)
@@ -30,7 +31,7 @@ class EpochAccuracyFilter(Selector):
         )
         wrong = torch.nonzero(predictions != train.targets).flatten()
         self.epoch_kept_frac = len(wrong) / len(train)
-        accumulating = bool(ctx.cfg.selector.get("accumulate"))
+        accumulating = self.accumulate
         if len(wrong) < self.min_keep and not accumulating:
             # nothing left to learn from: the non-accumulating fallback trains on the whole set;
             # with accumulation the epoch adds nothing, as a batch without errors does (Alg. 10)

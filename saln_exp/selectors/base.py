@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from saln_exp import rng
 from saln_exp.errors import ConfigError
 from saln_exp.metrics import SplitOutputs
 
@@ -160,12 +161,33 @@ class RunContext:
     train_outputs: SplitOutputs = field(default_factory=SplitOutputs)
 
 
+# every concrete selector, by name, registered when its class is defined (see Selector.__init_subclass__)
+REGISTRY: dict[str, type[Selector]] = {}
+
+
 class Selector:
-    """Base class. Subclasses implement `choose`; `select` adds the fallback rule."""
+    """Base class. Subclasses set `name` (and `style`) and implement `choose`; `select` adds the
+    fallback rule. Defining the subclass registers it: a new selector is one module in this
+    package and one YAML in conf/selector/."""
 
     name = "base"
+    style = ("#DDCC77", ".")  # (colour, marker) in every figure; each selector sets its own
 
-    def __init__(self, filter_ratio: float = 0.0, min_keep: int = 1, seed: int = 0, **unused: Any):
+    def __init_subclass__(cls, **kwargs: Any):
+        super().__init_subclass__(**kwargs)
+        if cls.name != "base" and cls.name not in REGISTRY:  # abstract helpers keep "base"
+            REGISTRY[cls.name] = cls
+
+    def __init__(
+        self,
+        filter_ratio: float = 0.0,
+        min_keep: int = 1,
+        seed: int = 0,
+        accumulate: bool = False,
+        candidate_batch_size: int | None = None,
+        loss_diagnostics: bool = False,
+        **unused: Any,
+    ):
         if unused:
             raise ConfigError(f"selector={self.name} has no option(s) {sorted(unused)}")
         if not 0.0 <= float(filter_ratio) < 1.0:
@@ -174,9 +196,24 @@ class Selector:
             raise ConfigError(f"selector.min_keep must be at least 1, got {min_keep}")
         self.filter_ratio = float(filter_ratio)
         self.min_keep = int(min_keep)
-        self.generator = torch.Generator().manual_seed(int(seed) + 104729)
+        # How selections become optimizer steps; the trainer reads these, the selector carries
+        # them because they are options of the selection (conf/selector/*.yaml).
+        self.accumulate = bool(accumulate)  # ASSIST Alg. 10: pile kept samples up to a full batch
+        self.candidate_batch_size = (
+            None if candidate_batch_size is None else int(candidate_batch_size)
+        )
+        self.loss_diagnostics = bool(loss_diagnostics)
+        self.generator = rng.generator(int(seed), "selector")
 
     # -- the contract ---------------------------------------------------------------------------
+    @classmethod
+    def shrink_for_smoke(cls, options: Any) -> None:
+        """`smoke=true`: make this selector's options (the run's `selector` config, edited in
+        place) cheap enough for a few-second run on a 32x32 stand-in. Selectors with side models
+        or downloads override it; the candidate batch is capped here for all."""
+        if options.get("candidate_batch_size"):
+            options.candidate_batch_size = min(int(options.candidate_batch_size), 32)
+
     def prepare(self, ctx: RunContext) -> ViewSources:
         """Once before training: build caches (features, reference model). Default: nothing."""
         return ViewSources()

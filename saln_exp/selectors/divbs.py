@@ -30,6 +30,7 @@ def last_layer_gradients(logits: Tensor, labels: Tensor, features: Tensor) -> Te
 
 class DivBS(Selector):
     name = "divbs"
+    style = ("#997700", "3")  # colour and marker in every figure (report/style.py)
 
     def greedy(self, grads: Tensor, k: int) -> Tensor:
         n = len(grads)

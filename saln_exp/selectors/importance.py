@@ -29,6 +29,7 @@ SCORES = ("upper_bound", "loss")
 
 class ImportanceSampling(Selector):
     name = "importance"
+    style = ("#6699CC", "2")  # colour and marker in every figure (report/style.py)
 
     def __init__(self, score: str = "upper_bound", **common):
         super().__init__(**common)

@@ -32,6 +32,7 @@ INITIAL_SCORE = 3.0  # the code's `torch.ones(len(dataset)) * 3`: nothing counts
 
 class InfoBatch(Selector):
     name = "infobatch"
+    style = ("#AA4499", "8")  # colour and marker in every figure (report/style.py)
 
     def __init__(self, delta: float = 0.875, **common):
         super().__init__(**common)

@@ -24,8 +24,8 @@ import torch
 from torch import Tensor
 
 from saln_exp.errors import ConfigError
-from saln_exp.reference import ReferenceLosses
-from saln_exp.selectors.base import Batch, BatchView, RunContext, Selector, ViewSources
+from saln_exp.selectors.base import Batch, BatchView
+from saln_exp.selectors.with_reference import WithReferenceModel
 
 FIRST_CHUNK = ("learnability", "uniform")
 
@@ -74,15 +74,15 @@ def joint_sample(
     return torch.cat(picks)
 
 
-class JEST(Selector):
+class JEST(WithReferenceModel):
     name = "jest"
+    style = ("#D55E00", "^")  # colour and marker in every figure (report/style.py)
 
     def __init__(
         self,
         filter_ratio: float = 0.8,
         n_chunks: int = 16,
         first_chunk: str = "learnability",
-        reference: dict | None = None,
         **common,
     ):
         super().__init__(filter_ratio=filter_ratio, **common)
@@ -95,10 +95,6 @@ class JEST(Selector):
             )
         self.n_chunks = int(n_chunks)
         self.first_chunk = first_chunk
-        self.reference_options = dict(reference or {})
-
-    def prepare(self, ctx: RunContext) -> ViewSources:
-        return ViewSources(reference_losses=ReferenceLosses.prepare(ctx, self.reference_options))
 
     def batch_scores(self, view: BatchView) -> Tensor:
         """Learnability: per-sample cross-entropy gives the diagonal of JEST's score matrix only

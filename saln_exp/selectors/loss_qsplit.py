@@ -33,6 +33,7 @@ def qsplit_buckets(losses: torch.Tensor, p: float, q: int) -> list[torch.Tensor]
 
 class LossQSplit(Selector):
     name = "loss_qsplit"
+    style = ("#117733", "*")  # colour and marker in every figure (report/style.py)
 
     def __init__(self, filter_ratio: float = 0.5, p: float = 2.0, q: int = 2, **common):
         super().__init__(filter_ratio=filter_ratio, **common)

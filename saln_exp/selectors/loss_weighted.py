@@ -10,6 +10,7 @@ from saln_exp.selectors.base import Batch, BatchView, Selector
 
 class LossWeighted(Selector):
     name = "loss_weighted"
+    style = ("#332288", "d")  # colour and marker in every figure (report/style.py)
 
     def __init__(self, filter_ratio: float = 0.5, **common):
         super().__init__(filter_ratio=filter_ratio, **common)

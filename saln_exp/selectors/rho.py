@@ -5,19 +5,16 @@ from __future__ import annotations
 
 import torch
 
-from saln_exp.reference import ReferenceLosses
-from saln_exp.selectors.base import Batch, BatchView, RunContext, Selector, ViewSources
+from saln_exp.selectors.base import Batch, BatchView
+from saln_exp.selectors.with_reference import WithReferenceModel
 
 
-class RhoLoss(Selector):
+class RhoLoss(WithReferenceModel):
     name = "rho"
+    style = ("#009E73", "v")  # colour and marker in every figure (report/style.py)
 
-    def __init__(self, filter_ratio: float = 0.9, reference: dict | None = None, **common):
+    def __init__(self, filter_ratio: float = 0.9, **common):
         super().__init__(filter_ratio=filter_ratio, **common)
-        self.reference_options = dict(reference or {})
-
-    def prepare(self, ctx: RunContext) -> ViewSources:
-        return ViewSources(reference_losses=ReferenceLosses.prepare(ctx, self.reference_options))
 
     def choose(self, batch: Batch, view: BatchView):
         reducible = view.losses - view.reference_losses

@@ -21,6 +21,7 @@ from saln_exp.selectors.base import Batch, BatchView, RunContext, Selector
 
 class RS2(Selector):
     name = "rs2"
+    style = ("#DDDDDD", "H")  # colour and marker in every figure (report/style.py)
 
     def __init__(self, **common):
         super().__init__(**common)

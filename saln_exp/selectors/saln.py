@@ -215,6 +215,7 @@ def _lanczos(f: np.ndarray, similarity: str, k: int) -> tuple[np.ndarray, np.nda
 
 class SALN(Selector):
     name = "saln"
+    style = ("#0072B2", "D")  # colour and marker in every figure (report/style.py)
 
     def __init__(
         self,
@@ -248,6 +249,13 @@ class SALN(Selector):
         self.feature_size = feature_size
         self.download = download
         self._warned_indefinite = False
+
+    @classmethod
+    def shrink_for_smoke(cls, options) -> None:
+        super().shrink_for_smoke(options)
+        if options.get("features") == "pretrained":  # no weights offline: the architecture is
+            options.backbone_weights = None  # what is smoke-tested, on the stand-in's 32x32
+            options.feature_size = None
 
     def prepare(self, ctx: RunContext) -> ViewSources:
         if self.solver == "auto":

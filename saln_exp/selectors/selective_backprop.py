@@ -25,6 +25,7 @@ from saln_exp.selectors.base import Batch, BatchView, Selector
 
 class SelectiveBackprop(Selector):
     name = "selective_backprop"
+    style = ("#661100", "1")  # colour and marker in every figure (report/style.py)
 
     def __init__(self, beta: float = 1.0, history: int = 1024, sampling_min: float = 0.0, **common):
         super().__init__(**common)

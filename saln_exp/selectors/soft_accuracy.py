@@ -12,6 +12,7 @@ from saln_exp.selectors.base import Batch, BatchView, Selector
 
 class SoftAccuracyFilter(Selector):
     name = "soft_accuracy"
+    style = ("#F0E442", ">")  # colour and marker in every figure (report/style.py)
 
     def __init__(self, margin: float = 0.1, **common):
         super().__init__(**common)

@@ -11,6 +11,7 @@ from saln_exp.selectors.base import Batch, BatchView, Selector
 
 class TopQLoss(Selector):
     name = "topq_loss"
+    style = ("#44AA99", "h")  # colour and marker in every figure (report/style.py)
 
     def __init__(self, q: float = 0.5, **common):
         super().__init__(**common)
