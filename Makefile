@@ -24,6 +24,13 @@ compare: install ## selectors side by side on the offline default, one compariso
 	$(BIN)/saln-train -m experiment=compare_offline $(ARGS)
 	$(BIN)/saln-report outputs/sweeps/latest --table compare
 
+FRACTION_SELECTORS := uniform,saln,jest,rho,topk_loss,loss_weighted,loss_qsplit,hard_accuracy_topk,rs2,importance,divbs
+OTHER_SELECTORS := none,accuracy,accuracy_epoch,soft_accuracy,topq_loss,infobatch,selective_backprop
+compare-mnist: install mnist ## every selector on the real MNIST + LeNet, 3 seeds (about 100 min on 2 cores) -> outputs/compare_mnist
+	$(BIN)/saln-train -m experiment=compare_mnist selector=$(FRACTION_SELECTORS) selector.filter_ratio=0.5,0.8 seed=0,1,2 hydra.sweep.dir=outputs/compare_mnist/fraction $(ARGS)
+	$(BIN)/saln-train -m experiment=compare_mnist selector=$(OTHER_SELECTORS) seed=0,1,2 hydra.sweep.dir=outputs/compare_mnist/other $(ARGS)
+	$(BIN)/saln-report outputs/compare_mnist/fraction outputs/compare_mnist/other --table compare --out outputs/compare_mnist/report
+
 test: install ## the test suite (what CI runs; Slurm tests skip without a cluster)
 	$(BIN)/pytest $(ARGS)
 
@@ -52,4 +59,4 @@ slurm-down: ## stop the local Slurm cluster
 clean: ## remove run outputs and caches (not the venv, not data/)
 	rm -rf outputs/runs outputs/sweeps .cache .pytest_cache .ruff_cache
 
-.PHONY: help install train compare test test-fast lint mnist bench report slurm-up slurm-down clean
+.PHONY: help install train compare compare-mnist test test-fast lint mnist bench report slurm-up slurm-down clean

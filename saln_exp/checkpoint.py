@@ -12,9 +12,6 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
-
 from saln_exp.errors import ConfigError, UserError
 from saln_exp.rundir import CHECKPOINT, PREVIOUS_CHECKPOINT, save_torch
 from saln_exp.safe_load import load_plain
@@ -26,6 +23,7 @@ LATEST, PREVIOUS = CHECKPOINT, PREVIOUS_CHECKPOINT
 RESUMABLE_CHANGES = (
     "paths", "resume", "logger", "tags", "metric", "trainer.progress", "trainer.epochs",
     "trainer.log_every_steps", "trainer.checkpoint", "trainer.checkpoint_every_steps", "eval.batch_size",
+    "selector_choice", "paper_rows",  # labels for the report, not settings (older runs lack them)
 )  # fmt: skip
 
 
@@ -70,17 +68,6 @@ class Checkpoints:
     def saved_config(self) -> dict[str, Any] | None:
         state = self.load()
         return None if state is None else state.get("config")
-
-
-def numpy_rng_state() -> tuple:
-    """numpy's global RNG state with its key array as a tensor (loadable with weights_only)."""
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
-    return kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)
-
-
-def set_numpy_rng_state(state: tuple) -> None:
-    kind, keys, pos, has_gauss, cached = state
-    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
 
 
 def differences(saved: dict[str, Any], current: dict[str, Any], prefix: str = "") -> list[str]:

@@ -6,10 +6,13 @@ from __future__ import annotations
 import difflib
 import functools
 import re
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 import yaml
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, OmegaConf
 
 from saln_exp import PROJECT_ROOT
@@ -66,6 +69,15 @@ def resolve_device(requested: str) -> torch.device:
             f"device={requested} but CUDA is not available here; use device=auto or device=cpu"
         )
     return device
+
+
+def compose_config(overrides: Sequence[str] = ()) -> DictConfig:
+    """The config `saln-train <overrides>` would run, composed in-process (the benchmark, tests,
+    notebooks): the same conf/ tree and defaults, without Hydra's app. `paths.output_dir` is
+    Hydra's run directory there, so the caller sets it."""
+    GlobalHydra.instance().clear()  # a process composes many configs; Hydra allows one at a time
+    with initialize_config_dir(config_dir=str(PROJECT_ROOT / "conf"), version_base="1.3"):
+        return compose(config_name="config", overrides=list(overrides))
 
 
 # groups whose keys are all declared in conf/ (selector options are checked by each selector)

@@ -40,6 +40,7 @@ class Runtime:
     overrides: list[str] = field(default_factory=list)
     run_name: str | None = None
     group: str | None = None
+    selector_choice: str | None = None  # the conf/selector/ file chosen, e.g. saln_paper
 
 
 def hydra_runtime() -> Runtime:
@@ -53,6 +54,7 @@ def hydra_runtime() -> Runtime:
         multirun=multirun,
         overrides=overrides,
         run_name=hc.job.override_dirname or None,
+        selector_choice=hc.runtime.choices.get("selector"),
         group=sweep_group(
             hc.runtime.choices.get("experiment"), sys.argv[1:], Path(hc.sweep.dir).name
         )

@@ -40,29 +40,33 @@ EXPECTED = {
     "assist_4_9": {"dataset.name": "cifar100", "model.name": "fcnet", "optimizer.lr": 0.01, "dataset.batch_size": 512,
                    "scheduler.name": "exponential", "trainer.epochs": 500, "dataset.augment": True},
     "compare_offline": {"dataset.name": "digits", "model.name": "lenet", "trainer.epochs": 10},
+    "compare_mnist": {"dataset.name": "mnist", "model.name": "lenet", "trainer.epochs": 8, "optimizer.lr": 0.1,
+                      "dataset.batch_size": 1024, "dataset.val_fraction": 0.2, "dataset.normalize": True},
 }  # fmt: skip
-# ASSIST's filtering modes as selectors (name, accumulate, batchwise)
+# ASSIST's filtering modes: the selector file -> (name, accumulate, batchwise, the thesis' row)
 FILTERING = {
-    "none": ("none", False, None),
-    "batchwise": ("accuracy", True, None),
-    "epochwise": ("accuracy_epoch", False, False),
-    "epoch_batch": ("accuracy_epoch", True, True),
+    "none": ("none", False, None, "none"),
+    "accuracy": ("accuracy", True, None, "batchwise"),
+    "accuracy_epoch": ("accuracy_epoch", False, False, "epochwise"),
+    "accuracy_epoch_batch": ("accuracy_epoch", True, True, "epoch+batch"),
 }
+SALN_METHODS = {"none": "standard", "saln_paper": "saln", "jest": "jest", "uniform": "uniform"}
 # One job per experiment for the smoke run: the combination that exercises the most code. The
 # ResNet-18 experiments run one epoch instead of smoke's two: a ResNet epoch costs 10-30 s on two CPU
 # cores, and multi-epoch behaviour (epoch filtering, accumulation across epochs) is covered by the
 # LeNet / FCNet ones.
 ONE_EPOCH = "trainer.epochs=1"
 SMOKE_JOB = {
-    "saln_pets": ["method=saln", ONE_EPOCH],
-    "saln_cifar10": ["method=saln", ONE_EPOCH],
-    "assist_4_4": ["model=lenet", "filtering=epoch_batch"],
-    "assist_4_5": ["model.hidden=100", "filtering=batchwise"],
-    "assist_4_6": ["dataset.batch_size=1024", "filtering=batchwise", ONE_EPOCH],
-    "assist_4_7": ["model.hidden=100", "filtering=batchwise"],
-    "assist_4_8": ["dataset.batch_size=1024", "filtering=batchwise", ONE_EPOCH],
-    "assist_4_9": ["model.hidden=100", "filtering=batchwise"],
+    "saln_pets": ["selector=saln_paper", ONE_EPOCH],
+    "saln_cifar10": ["selector=saln_paper", ONE_EPOCH],
+    "assist_4_4": ["model=lenet", "selector=accuracy_epoch_batch"],
+    "assist_4_5": ["model.hidden=100", "selector=accuracy"],
+    "assist_4_6": ["dataset.batch_size=1024", "selector=accuracy", ONE_EPOCH],
+    "assist_4_7": ["model.hidden=100", "selector=accuracy"],
+    "assist_4_8": ["dataset.batch_size=1024", "selector=accuracy", ONE_EPOCH],
+    "assist_4_9": ["model.hidden=100", "selector=accuracy"],
     "compare_offline": ["selector=jest"],
+    "compare_mnist": ["selector=rho", "selector.filter_ratio=0.8"],
 }
 
 
@@ -114,14 +118,17 @@ def test_every_sweep_point_composes_with_the_papers_settings(name):
         for key, value in chosen.items():
             if "." in key:
                 assert str(_select(cfg, key)) == value
-        if "filtering" in chosen:
-            selector, accumulate, batchwise = FILTERING[chosen["filtering"]]
+        if name.startswith("assist"):
+            selector, accumulate, batchwise, row = FILTERING[chosen["selector"]]
             assert (cfg.selector.name, cfg.selector.accumulate, cfg.selector.get("batchwise")) == (
                 selector,
                 accumulate,
                 batchwise,
             )
-        if chosen.get("method") == "saln":
+            assert cfg.paper_rows[chosen["selector"]] == row
+        if name.startswith("saln"):
+            assert cfg.paper_rows[chosen["selector"]] == SALN_METHODS[chosen["selector"]]
+        if chosen.get("selector") == "saln_paper":
             assert (cfg.selector.features, cfg.selector.backbone, cfg.selector.filter_ratio) == (
                 "pretrained",
                 "resnet50",
@@ -139,7 +146,7 @@ def test_sweep_sizes_match_the_tables():
     sizes = {name: len(grid(name)) * len(sweep_params(name)["seed"]) for name in EXPERIMENTS}
     assert sizes == {
         "saln_pets": 12, "saln_cifar10": 12, "assist_4_4": 8, "assist_4_5": 6, "assist_4_6": 10,
-        "assist_4_7": 6, "assist_4_8": 8, "assist_4_9": 6, "compare_offline": 21,
+        "assist_4_7": 6, "assist_4_8": 8, "assist_4_9": 6, "compare_offline": 21, "compare_mnist": 3,
     }  # fmt: skip
 
 
@@ -160,7 +167,7 @@ def test_smoke_run_through_the_cli(name, tmp_path, capsys):
     assert summary["experiment"] == name and summary["dataset"] == "synthetic"
     # a smoke run is never shown beside the paper's values: its paper table stays empty and says
     # why; the comparison table (no paper column) shows it
-    if name != "compare_offline":
+    if not name.startswith("compare"):
         assert report_cli.main([str(sweep_dir), "--table", name, "--no-figures"]) == 0
         out = capsys.readouterr().out
         assert "(n=1)" not in out and "1 smoke/debug run(s) left out" in out

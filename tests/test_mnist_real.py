@@ -65,13 +65,13 @@ def test_torchvision_reads_the_real_files(make_cfg, mnist_dir):
 
 
 def test_fcnet100_learns_real_mnist(make_cfg, mnist_dir, tmp_path):
-    run(recipe(make_cfg, mnist_dir, "filtering=none", "trainer.epochs=5"))
+    run(recipe(make_cfg, mnist_dir, "selector=none", "trainer.epochs=5"))
     rows = metrics(tmp_path / "run")
     assert rows[-1]["test/acc"] >= 0.95, rows[-1]["test/acc"]
 
 
 def test_batchwise_filtering_keeps_a_small_fraction_of_real_mnist(make_cfg, mnist_dir, tmp_path):
-    run(recipe(make_cfg, mnist_dir, "filtering=batchwise", "trainer.epochs=3"))
+    run(recipe(make_cfg, mnist_dir, "selector=accuracy", "trainer.epochs=3"))
     rows = metrics(tmp_path / "run")
     assert rows[0]["select/kept_frac"] < 0.5 and rows[-1]["select/kept_frac"] < 0.15
     assert all(r["select/fallbacks"] == 0 for r in rows)  # accumulation: no uniform fallback

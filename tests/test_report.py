@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from PIL import Image
 
 from conftest import run_cli
@@ -28,7 +29,8 @@ from saln_exp.report.tables import (
 )
 
 SELECTORS = ("none", "saln")
-LABELS = {"none": "standard", "saln": "saln"}  # SALN's names, since the sweep is labelled saln_pets
+LABELS = {"none": "standard", "saln": "saln"}  # SALN's names: the sweep is labelled saln_pets
+PAPER_ROWS = "paper_rows={" + ",".join(f"{k}:{v}" for k, v in LABELS.items()) + "}"
 SEEDS = (0, 1)
 
 
@@ -39,7 +41,7 @@ def sweep(tmp_path_factory) -> Path:
     sweep_dir = tmp_path_factory.mktemp("report") / "sweep"
     result = run_cli(
         "-m", f"selector={','.join(SELECTORS)}", f"seed={','.join(map(str, SEEDS))}",
-        "trainer.epochs=2", "dataset.val_fraction=0.2", "experiment_name=saln_pets",
+        "trainer.epochs=2", "dataset.val_fraction=0.2", "experiment_name=saln_pets", PAPER_ROWS,
         "logger=none", "trainer.progress=false", f"hydra.sweep.dir={sweep_dir}",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
@@ -309,9 +311,14 @@ def test_runs_of_different_budgets_in_one_comparison_are_flagged(make_cfg, tmp_p
 def test_every_selector_has_its_own_colour_blind_safe_style():
     from saln_exp import PROJECT_ROOT
     from saln_exp.report.style import SELECTOR_STYLES
+    from saln_exp.selectors import Selector
 
-    selectors = {p.stem for p in (PROJECT_ROOT / "conf" / "selector").glob("*.yaml")}
-    assert selectors <= set(SELECTOR_STYLES)
+    files = [
+        yaml.safe_load(p.read_text()) for p in (PROJECT_ROOT / "conf" / "selector").glob("*.yaml")
+    ]
+    selectors = {f["name"] for f in files if "name" in f}  # variants (saln_paper) inherit a name
+    assert selectors == set(SELECTOR_STYLES)
+    assert Selector.style not in SELECTOR_STYLES.values()  # every selector sets its own
     assert len(set(SELECTOR_STYLES.values())) == len(SELECTOR_STYLES)  # no two look alike
     assert len({marker for _, marker in SELECTOR_STYLES.values()}) == len(SELECTOR_STYLES)
 

@@ -12,7 +12,6 @@ touches a global backend or leaks open figures when the runner calls it inside a
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
 from itertools import cycle
 from pathlib import Path
 
@@ -22,14 +21,13 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from saln_exp import rundir
-from saln_exp.report.load import Runs, load_runs
+from saln_exp.images import DROPPED_RGB, KEPT_RGB, load_example, montage
+from saln_exp.report.load import Runs
 from saln_exp.report.style import file_stem, selector_style, setting_title
 from saln_exp.report.tables import TRAIN_SECONDS, with_train_seconds
-from saln_exp.safe_load import UNREADABLE, load_plain
 
 log = logging.getLogger(__name__)
 
-KEPT_RGB, DROPPED_RGB = np.array([0.1, 0.7, 0.2]), np.array([0.85, 0.1, 0.1])
 SPLIT_STYLES = {"test": "-", "train": "--", "val": ":"}
 ACCUMULATION_PANELS = (
     ("select/raw_batches_per_step", "raw batches per optimizer step"),
@@ -222,44 +220,6 @@ def pareto_figure(runs: pd.DataFrame, title: str) -> Figure:
 
 
 # -- selection examples (SALN Fig. 7-8) -------------------------------------------------------------
-def montage(images: np.ndarray, kept: np.ndarray, border: int = 2) -> np.ndarray:
-    """uint8 [n, C, H, W] -> one RGB grid; kept images framed green, dropped ones red and faded."""
-    x = images.astype(np.float32) / 255.0
-    x = np.repeat(x, 3, axis=1) if x.shape[1] == 1 else x[:, :3]
-    x = x.transpose(0, 2, 3, 1)
-    x[~kept] = 0.35 * x[~kept] + 0.65
-    n, h, w, _ = x.shape
-    tiles = np.broadcast_to(
-        np.where(kept[:, None], KEPT_RGB, DROPPED_RGB)[:, None, None, :],
-        (n, h + 2 * border, w + 2 * border, 3),
-    ).copy()
-    tiles[:, border : border + h, border : border + w] = x
-    cols = int(np.ceil(np.sqrt(n)))
-    rows = int(np.ceil(n / cols))
-    tiles = np.concatenate([tiles, np.ones((rows * cols - n, *tiles.shape[1:]))])
-    th, tw = tiles.shape[1:3]
-    return (
-        tiles.reshape(rows, cols, th, tw, 3)
-        .transpose(0, 2, 1, 3, 4)
-        .reshape(rows * th, cols * tw, 3)
-    )
-
-
-def load_example(run_dir: str | Path) -> dict | None:
-    """The run's saved selection example, read as plain tensors only (a crafted file in a shared
-    sweep directory must not run code on its reader); an unreadable one skips the figure."""
-    path = Path(run_dir) / rundir.SELECTION_EXAMPLE
-    if not path.exists():
-        return None
-    try:
-        return load_plain(path)
-    except UNREADABLE as err:
-        log.warning(
-            "%s is unreadable (%s); its selection figure is skipped", path, type(err).__name__
-        )
-        return None
-
-
 def selection_figure(
     examples: dict[str, dict], title: str, seeds: dict[str, object] | None = None
 ) -> Figure:
@@ -415,23 +375,3 @@ def report_figures(runs: Runs, out_dir: Path, log_loss: bool = False) -> list[Pa
     for group, group_runs in done.groupby("group"):
         paths += group_figures(str(group), group_runs, runs.curves, out_dir, log_loss)
     return paths
-
-
-def run_figures(run_dir: str | Path, out_dir: str | Path | None = None) -> dict[str, Path]:
-    """The figures of one finished run (PNG paths by name), for the runner to log to W&B:
-    `tracking.log_images(run_figures(run_dir))`."""
-    runs = load_runs([run_dir])
-    paths = report_figures(runs, Path(out_dir) if out_dir else Path(run_dir) / "figures")
-    return {p.stem: p for p in paths if p.suffix == ".png"}
-
-
-def log_figures(paths: Iterable[Path], run=None) -> None:
-    """Log PNG figures to a live W&B run (the current one by default); a no-op without one."""
-    try:
-        import wandb
-
-        run = run or wandb.run
-        if run is not None:
-            run.log({p.stem: wandb.Image(str(p)) for p in paths if Path(p).suffix == ".png"})
-    except Exception as err:  # figures are a bonus: never fail a run or a report over them
-        log.warning("could not log figures to W&B: %s", err)

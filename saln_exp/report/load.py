@@ -25,8 +25,8 @@ ID_COLUMNS = [
     "dataset",
     "model",
     "selector",
-    "method",
-    "filtering",
+    "selector_choice",
+    "paper_row",
     "filter_ratio",
     "batch_size",
     "lr",
@@ -44,6 +44,7 @@ SUMMARY_COLUMNS = [
     "final_train_acc",
     "final_val_acc",
     "train_time_s",
+    "prepare_time_s",
     "total_time_s",
     "samples_backprop",
     "optim_steps",
@@ -58,8 +59,6 @@ SUMMARY_COLUMNS = [
     "prune/recall",
     "prune/time_s",
 ]
-# SALN's names for its methods; ASSIST's names for its filtering modes
-SALN_METHODS = {"none": "standard", "saln": "saln", "jest": "jest", "uniform": "uniform"}
 RUN_FILES = (rundir.SUMMARY, rundir.STATUS, rundir.METRICS)
 
 
@@ -105,18 +104,6 @@ def find_run_dirs(path: Path) -> list[Path]:
     return sorted(found, key=lambda p: (len(p.parts), str(p)))
 
 
-def filtering_mode(selector: dict[str, Any]) -> str | None:
-    """ASSIST's filtering vocabulary for the selectors that implement it (Table 4.4's rows)."""
-    name = selector.get("name")
-    if name == "none":
-        return "none"
-    if name == "accuracy":
-        return "batchwise"
-    if name == "accuracy_epoch":
-        return "epoch+batch" if selector.get("batchwise") else "epochwise"
-    return None
-
-
 def model_label(model: dict[str, Any]) -> str | None:
     """ASSIST names FCNets by width (FCNet3000); every other model by its name."""
     name = model.get("name")
@@ -127,13 +114,16 @@ def identity(config: dict[str, Any]) -> dict[str, Any]:
     """The identity columns of a run, from its resolved config."""
     selector = config.get("selector") or {}
     dataset = config.get("dataset") or {}
+    choice = config.get("selector_choice") or selector.get("name")  # older runs: the name
     return {
         "experiment": config.get("experiment_name"),
         "dataset": dataset.get("name"),
         "model": model_label(config.get("model") or {}),
         "selector": selector.get("name"),
-        "method": SALN_METHODS.get(selector.get("name")),
-        "filtering": filtering_mode(selector),
+        "selector_choice": choice,
+        # the paper's name for this row (ASSIST's filtering modes, SALN's methods), from the
+        # experiment file's `paper_rows`: the report never guesses it from names
+        "paper_row": (config.get("paper_rows") or {}).get(choice),
         "filter_ratio": selector.get("filter_ratio"),
         "batch_size": dataset.get("batch_size"),
         "lr": (config.get("optimizer") or {}).get("lr"),
@@ -201,7 +191,7 @@ def load_runs(paths: list[str | Path]) -> Runs:
             curves.append(curve)
     if not rows:
         raise ReportError(
-            f"no runs found under {', '.join(map(str, paths))} (no summary.json / status.json)"
+            f"no runs found under {', '.join(map(str, paths))} (no {rundir.SUMMARY} / {rundir.STATUS})"
         )
     return assemble(rows, curves)
 
@@ -247,21 +237,11 @@ def as_text(column: pd.Series) -> pd.Series:
 
 
 def method_column(runs: pd.DataFrame) -> str:
-    """Which vocabulary names this group's methods: ASSIST's filtering, SALN's methods, or selectors."""
-    experiments = runs["experiment"].dropna().astype(str)
-    if (
-        len(experiments)
-        and experiments.str.startswith("assist").all()
-        and runs["filtering"].notna().all()
-    ):
-        return "filtering"
-    if (
-        len(experiments)
-        and experiments.str.startswith("saln").all()
-        and runs["method"].notna().all()
-    ):
-        return "method"
-    return "selector"
+    """Which vocabulary names this group's methods: the paper's row names when the experiment
+    file gives them for every run (`paper_rows`), else the selector files chosen."""
+    if runs["paper_row"].notna().all():
+        return "paper_row"
+    return "selector_choice"
 
 
 def wandb_is_online() -> bool:

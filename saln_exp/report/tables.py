@@ -49,6 +49,7 @@ def mean_std_n(frame: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
 def paper_table(spec: TableSpec, runs: Runs) -> Table:
     """One paper table: the paper's rows (plus any extra rows we ran), ours next to theirs."""
     done = runs.completed[runs.completed["experiment"] == spec.experiment]
+    done = done.assign(**{spec.row_label: done["paper_row"]})  # the paper's name for each row
     trial = trial_runs(done)
     done = done[~trial]
     keys = list(spec.row_keys)
@@ -228,6 +229,7 @@ COMPARE_METRICS = (
     ("test loss q0.9", "test/loss_q90", 3),
     ("test loss q0.99", "test/loss_q99", 3),
     ("train+select s", "train_time_s", 2),
+    ("prepare s", "prepare_time_s", 2),
     ("samples back-prop", BACKPROP, 0),
     ("acc @ equal time", "acc_at_equal_time", 4),
     ("acc @ equal samples", "acc_at_equal_samples", 4),
@@ -301,7 +303,8 @@ def compare_table(runs: Runs, target: float | None = None) -> Table:
     numbers = numbers.rename_axis(["group", "method"][-len(keys) :])
     note = (
         f"Mean ± std over seeds (n runs), final epoch unless stated. train+select s: training time "
-        f"without evaluation. acc @ equal time / samples: test accuracy interpolated from each run's "
+        f"without evaluation. prepare s: one-time work before training (a reference model or "
+        f"features, trained or loaded from the cache), not in train+select s. acc @ equal time / samples: test accuracy interpolated from each run's "
         f"curve at the group's smallest final budget. s to target: training seconds until test "
         f"accuracy first reached {target:g} (— = never; n counts the runs that did). A run whose first "
         f"evaluation comes after the equal budget shows — there. {budgets_note(done, curves)}"
