@@ -159,6 +159,7 @@ def summarize(
         "epochs": last["epoch"],
         "train_time_s": last["time/train_s"] + last["time/select_s"],
         "total_time_s": last["time/wall_s"],
+        "prepare_time_s": last.get("time/prepare_s", 0.0),
         "samples_backprop": last["samples/backprop"],
         "optim_steps": last["optim/steps"],
         "target_acc": target_acc,

@@ -20,7 +20,14 @@ from saln_exp.selectors.infobatch import InfoBatch
 from saln_exp.train import run
 from saln_exp.trainer import Trainer
 
-TIME_KEYS = {"time/train_s", "time/select_s", "time/eval_s", "time/diag_s", "time/wall_s"}
+TIME_KEYS = {
+    "time/train_s",
+    "time/select_s",
+    "time/eval_s",
+    "time/diag_s",
+    "time/prepare_s",
+    "time/wall_s",
+}
 SMALL = ("model=fcnet", "model.hidden=32", "dataset.image_size=8", "dataset.batch_size=32")
 
 

@@ -28,7 +28,14 @@ from saln_exp.errors import ConfigError, DataCorruptError
 from saln_exp.train import run, set_threads
 from saln_exp.trainer import Trainer
 
-TIME_KEYS = {"time/train_s", "time/select_s", "time/eval_s", "time/diag_s", "time/wall_s"}
+TIME_KEYS = {
+    "time/train_s",
+    "time/select_s",
+    "time/eval_s",
+    "time/diag_s",
+    "time/prepare_s",
+    "time/wall_s",
+}
 SMALL = ("model=fcnet", "model.hidden=32", "dataset.image_size=8", "dataset.batch_size=32",
          "selector=uniform", "selector.filter_ratio=0.5")  # fmt: skip
 

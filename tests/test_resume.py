@@ -18,7 +18,14 @@ from saln_exp.train import run
 from saln_exp.trainer import Trainer
 from wandb_records import history, run_info
 
-TIME_KEYS = {"time/train_s", "time/select_s", "time/eval_s", "time/diag_s", "time/wall_s"}
+TIME_KEYS = {
+    "time/train_s",
+    "time/select_s",
+    "time/eval_s",
+    "time/diag_s",
+    "time/prepare_s",
+    "time/wall_s",
+}
 SMALL = ("model=fcnet", "model.hidden=32", "dataset.image_size=8", "dataset.batch_size=32")
 
 
@@ -76,11 +83,17 @@ def killed_at_step_then_rerun(make_cfg, tmp_path, monkeypatch, overrides, step) 
     return metrics(tmp_path / "run")
 
 
+@pytest.mark.parametrize(
+    "variant",
+    [(), ("selector.batchwise=true", "selector.accumulate=true")],  # ASSIST Alg. 8; Alg. 8 + 10
+    ids=["epochwise", "epoch_batch_accumulated"],
+)
 def test_epochwise_filtering_resumed_mid_epoch_logs_the_epochs_own_kept_fraction(
-    make_cfg, tmp_path, monkeypatch
+    make_cfg, tmp_path, monkeypatch, variant
 ):
-    """The epoch's filtered set comes from the checkpointed order; its kept fraction must too."""
-    overrides = (*SMALL, "selector=accuracy_epoch", "trainer.epochs=3",
+    """The epoch's filtered set comes from the checkpointed order; its kept fraction (the
+    selector's, `select/epoch_kept_frac`) must come from the checkpoint too, not restart at 1."""
+    overrides = (*SMALL, "selector=accuracy_epoch", *variant, "trainer.epochs=3",
                  "trainer.checkpoint_every_steps=2")  # fmt: skip
     straight = straight_run(make_cfg, tmp_path, overrides)
     steps = [r["optim/steps"] for r in straight]
