@@ -8,6 +8,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from saln_exp import rundir
+
 
 def print_run_summary(summary: dict[str, Any], run_dir: Path) -> None:
     table = Table(
@@ -32,4 +34,4 @@ def print_run_summary(summary: dict[str, Any], run_dir: Path) -> None:
         table.add_row(name, f"{value:.4f}" if isinstance(value, float) else str(value))
     console = Console(stderr=False)
     console.print(table)
-    console.print(f"results: {run_dir}  (metrics.jsonl, summary.json, config.yaml)")
+    console.print(f"results: {run_dir}  ({rundir.METRICS}, {rundir.SUMMARY}, {rundir.CONFIG})")

@@ -17,10 +17,12 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from saln_exp import PROJECT_ROOT
-from saln_exp.rundir import WANDB_ID, RunFiles, atomic_write, jsonable
+from saln_exp.images import load_example, montage, weights_image
+from saln_exp.rundir import FINAL_LAYER, WANDB_ID, RunFiles, atomic_write, jsonable
 
 log = logging.getLogger(__name__)
 
@@ -147,11 +149,15 @@ class WandbRun:
     def log(self, metrics: dict[str, Any]) -> None:
         self._guard("log", lambda: self.run.log(jsonable(metrics)))
 
-    def log_images(self, images: dict[str, Path]) -> None:
+    def log_images(self, images: dict[str, Any]) -> None:
+        """Images by key: a PNG path, or an array (H x W, or H x W x 3, values in [0, 1])."""
+
         def send():
             import wandb
 
-            self.run.log({k: wandb.Image(str(p)) for k, p in images.items()})
+            self.run.log(
+                {k: wandb.Image(str(p) if isinstance(p, Path) else p) for k, p in images.items()}
+            )
 
         self._guard("image upload", send)
 
@@ -244,9 +250,29 @@ class Tracking:
         if self.wandb is not None:
             self.wandb.log(metrics)
 
-    def log_images(self, images: dict[str, Path]) -> None:
+    def log_images(self, images: dict[str, Any]) -> None:
         if self.wandb is not None:
             self.wandb.log_images(images)
+
+    def log_run_images(self) -> None:
+        """What the run has drawn for itself, to W&B: the example batch with kept and dropped
+        samples framed (selection_example.pt) and the classifier weights (final_layer.npz). The
+        curves are W&B's own charts of the logged metrics; the sweep's figures come from
+        `saln-report --to-wandb`."""
+        if self.wandb is None:
+            return
+        images: dict[str, Any] = {}
+        example = load_example(self.files.dir)
+        if example is not None:
+            images["selection_example"] = montage(
+                example["images"].numpy(), example["kept"].numpy().astype(bool)
+            )
+        final_layer = self.files.path(FINAL_LAYER)
+        if final_layer.exists():
+            with np.load(final_layer, allow_pickle=False) as layer:
+                images["final_layer"] = weights_image(layer["weight"])
+        if images:
+            self.log_images(images)
 
     def checkpoint_saved(self, path: Path, epoch: int) -> None:
         """`logger.log_checkpoints`: each checkpoint as an artifact version (aliases latest, epoch-N)."""

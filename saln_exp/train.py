@@ -25,16 +25,17 @@ from omegaconf import DictConfig, open_dict
 from saln_exp import PROJECT_ROOT
 from saln_exp.checkpoint import Checkpoints, check_same_run
 from saln_exp.config import resolve_device, validate
-from saln_exp.data import build_data
+from saln_exp.console import print_run_summary
+from saln_exp.data import build_data, shape_of
 from saln_exp.errors import ConfigError, UserError
 from saln_exp.metrics import summarize
 from saln_exp.models import build_model
 from saln_exp.prune import prune_dataset
-from saln_exp.report.console import print_run_summary
+from saln_exp.prune import shrink_for_smoke as shrink_pruning_for_smoke
 from saln_exp.rundir import CHECKPOINT, METRICS, STATUS, SUMMARY, RunFiles
-from saln_exp.selectors import build_selector
+from saln_exp.selectors import build_selector, selector_class
 from saln_exp.stop import Interrupted, stop_on_signals
-from saln_exp.sweep import CPUS_PER_TASK_ENV, hydra_runtime, write_sweep_json
+from saln_exp.sweep import CPUS_PER_TASK_ENV, Runtime, hydra_runtime, write_sweep_json
 from saln_exp.tracking import Tracking, git_commit
 from saln_exp.trainer import Trainer
 
@@ -61,38 +62,24 @@ def seed_everything(cfg: DictConfig) -> int:
 
 
 def apply_smoke(cfg: DictConfig) -> None:
-    """`smoke=true`: the same experiment on a synthetic stand-in of the same shape, a few steps."""
+    """`smoke=true`: the same experiment on a synthetic stand-in of the same shape, a few steps.
+    The selector and the pruner shrink their own options (side models, downloads)."""
     if not cfg.get("smoke"):
         return
-    from saln_exp.data.synthetic import SHAPES
-
+    channels, size, classes = shape_of(cfg.dataset, str(cfg.paths.data_dir))
     with open_dict(cfg):
-        channels, size, classes = SHAPES.get(cfg.dataset.name, (1, 8, 10))
         stand_in = {  # the real dataset's channels and classes, at most 32x32 (resnet18_imagenet's minimum)
             "name": "synthetic", "like": None, "n_train": 96, "n_test": 48, "noise": 1.0,
             "channels": channels, "image_size": min(size, 32), "num_classes": classes, "download": False,
             "batch_size": min(int(cfg.dataset.batch_size), 32),
         }  # fmt: skip
         cfg.dataset.merge_with(stand_in)
-        if cfg.selector.get("candidate_batch_size"):
-            cfg.selector.candidate_batch_size = min(int(cfg.selector.candidate_batch_size), 32)
         cfg.trainer.epochs = min(int(cfg.trainer.epochs), 2)
         cfg.eval.batch_size = 64
-        if "reference" in cfg.selector:
-            cfg.selector.reference.epochs = 1
-        if cfg.model.get("pretrained"):
-            cfg.model.pretrained = (
-                False  # no weights offline; the architecture is what is smoke-tested
-            )
-        if cfg.selector.get("features") == "pretrained":
-            cfg.selector.backbone_weights = None
-            cfg.selector.feature_size = None  # the backbone sees the stand-in's 32x32
-        if cfg.prune.get("name", "none") != "none":  # scoring models: one epoch, one of each
-            cfg.prune.epochs = min(int(cfg.prune.epochs), 1)
-            if "repeats" in cfg.prune:
-                cfg.prune.repeats = 1
-            if "folds" in cfg.prune:
-                cfg.prune.folds = 2
+        if cfg.model.get("pretrained"):  # no weights offline: the architecture is what is tested
+            cfg.model.pretrained = False
+        selector_class(cfg.selector.name).shrink_for_smoke(cfg.selector)
+        shrink_pruning_for_smoke(cfg.prune)
 
 
 def train(cfg: DictConfig, run_dir: Path) -> dict:
@@ -131,7 +118,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
             **prune_record,
             "config": _plain(cfg),
         }
-        log_figures_to_wandb(tracking, summary, run_dir)
+        tracking.log_run_images()
         tracking.complete(summary, final_checkpoint=Checkpoints(run_dir).latest)
         return summary
     except Interrupted as err:
@@ -140,21 +127,6 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     except BaseException as err:
         tracking.fail(err)
         raise
-
-
-def log_figures_to_wandb(tracking: Tracking, summary: dict, run_dir: Path) -> None:
-    """The run's report figures (curves, kept images, final layer, accumulation) to a live W&B run.
-    Drawn only when W&B is on; a figure that fails is a warning, never a failed run."""
-    if tracking.wandb is None:
-        return
-    from saln_exp.report.figures import run_figures
-
-    try:
-        tracking.files.write_summary(summary)  # the figures read the finished run's files
-        tracking.files.write_status("completed")
-        tracking.log_images(run_figures(run_dir))
-    except Exception as err:
-        log.warning("figures not logged to W&B: %s", err)
 
 
 def _plain(cfg: DictConfig) -> dict:
@@ -225,12 +197,25 @@ def stopped(err: Interrupted, files: RunFiles, runtime, started: bool) -> None:
     sys.exit(128 + err.signum)
 
 
+def record_selector_choice(cfg: DictConfig, runtime: Runtime) -> None:
+    """Log which conf/selector/ file was chosen (saln_paper and saln share `selector.name`): the
+    report fills paper rows by it, through the experiment's `paper_rows`."""
+    with open_dict(cfg):
+        cfg.selector_choice = (
+            runtime.selector_choice or cfg.get("selector_choice") or cfg.selector.name
+        )
+
+
 def run(cfg: DictConfig) -> float:
     """The task wrapper: own the run directory and record the outcome whatever happens."""
-    apply_smoke(cfg)
+    try:
+        apply_smoke(cfg)
+    except UserError as err:  # a smoke run of a dataset whose shape is unknown
+        return refuse(str(err), hydra_runtime().multirun)
     run_dir = Path(cfg.resume) if cfg.get("resume") else Path(cfg.paths.output_dir)
     files = RunFiles(run_dir)
     runtime = hydra_runtime()
+    record_selector_choice(cfg, runtime)
     if cfg.get("resume") and not files.holds_a_run():  # a typo must not start a new run there
         return refuse(
             f"resume={cfg.resume} holds no run (no {CHECKPOINT}, {STATUS} or {SUMMARY}); "
