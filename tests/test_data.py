@@ -23,9 +23,13 @@ from saln_exp.errors import ConfigError, DataMissingError
 
 
 def write_mnist(data_dir: Path, n_train: int = 12, n_test: int = 7, seed: int = 0) -> dict:
-    """idx files as torchvision expects them, uncompressed, big-endian headers."""
+    """MNIST's idx files where torchvision's MNIST reads them."""
+    return write_idx(data_dir / "MNIST" / "raw", n_train, n_test, seed)
+
+
+def write_idx(raw: Path, n_train: int = 12, n_test: int = 7, seed: int = 0) -> dict:
+    """idx files (MNIST's format, also Fashion-MNIST's), uncompressed, big-endian headers."""
     rng = np.random.default_rng(seed)
-    raw = data_dir / "MNIST" / "raw"
     raw.mkdir(parents=True)
     out = {}
     for split, n in (("train", n_train), ("t10k", n_test)):

@@ -51,3 +51,11 @@ def saln_pets_per_sample() -> T.Compose:
             T.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.1),
         ]
     )
+
+
+def flip_crop_batched(size: int, flip: bool = True) -> nn.Module:
+    """The common CIFAR-style recipe (He et al. 2016): a horizontal flip, then a random
+    size x size crop of the image zero-padded by size / 8 (4 pixels at 32). `flip=False` for
+    digits, which a mirror turns into other glyphs."""
+    crop = K.RandomCrop((size, size), padding=max(1, size // 8), p=1.0)
+    return nn.Sequential(K.RandomHorizontalFlip(p=0.5), crop) if flip else nn.Sequential(crop)

@@ -27,7 +27,7 @@ VARIANTS = {
 }
 
 
-def load(cfg: DictConfig, data_dir: str) -> SourceData:
+def load(cfg: DictConfig, data_dir: str, cache_dir: str | None = None) -> SourceData:
     cls, classes, mean, std, folder = VARIANTS[cfg.name]
 
     def read(train: bool):

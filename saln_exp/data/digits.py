@@ -12,7 +12,7 @@ from sklearn.model_selection import train_test_split
 from saln_exp.data.base import SourceData
 
 
-def load(cfg: DictConfig, data_dir: str) -> SourceData:
+def load(cfg: DictConfig, data_dir: str, cache_dir: str | None = None) -> SourceData:
     digits = load_digits()
     images = torch.tensor(digits.images, dtype=torch.float32).div_(16.0).unsqueeze(1)  # 0..16 -> 0..1
     targets = torch.tensor(digits.target, dtype=torch.long)

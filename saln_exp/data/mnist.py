@@ -1,9 +1,14 @@
-"""torchvision MNIST, zero-padded from 28x28 to 32x32 as ASSIST fed it to LeNet and ResNet-18."""
+"""torchvision MNIST, zero-padded from 28x28 to 32x32 as ASSIST fed it to LeNet and ResNet-18.
+
+`load_idx` reads any dataset in MNIST's idx format through its torchvision class (Fashion-MNIST
+uses it too).
+"""
 
 from __future__ import annotations
 
 import torch.nn.functional as F
 from omegaconf import DictConfig
+from torch import nn
 from torchvision.datasets import MNIST
 
 from saln_exp.data.base import SourceData
@@ -11,26 +16,41 @@ from saln_exp.data.fetch import open_torchvision
 from saln_exp.errors import ConfigError
 
 MEAN, STD = (0.1307,), (0.3081,)
+IDX_FILES = "{train-images-idx3-ubyte,train-labels-idx1-ubyte,t10k-images-idx3-ubyte,t10k-labels-idx1-ubyte}"
 
 
-def load(cfg: DictConfig, data_dir: str) -> SourceData:
+def load(cfg: DictConfig, data_dir: str, cache_dir: str | None = None) -> SourceData:
+    return load_idx(cfg, data_dir, MNIST, MEAN, STD)
+
+
+def load_idx(
+    cfg: DictConfig,
+    data_dir: str,
+    cls: type[MNIST],
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+    augment: nn.Module | None = None,
+) -> SourceData:
+    """28x28 idx files under `<data_dir>/<cls name>/raw/`, zero-padded to `dataset.image_size`."""
     grow = int(cfg.image_size) - 28
     if grow < 0:
-        raise ConfigError(f"dataset.image_size must be at least 28 for mnist, got {cfg.image_size}")
+        raise ConfigError(
+            f"dataset.image_size must be at least 28 for {cfg.name}, got {cfg.image_size}"
+        )
     before, after = grow // 2, grow - grow // 2  # odd growth: the extra row / column goes last
 
     def read(train: bool):
         return open_torchvision(
-            lambda download: MNIST(data_dir, train=train, download=download),
-            "mnist",
+            lambda download: cls(data_dir, train=train, download=download),
+            cfg.name,
             data_dir,
             bool(cfg.download),
-            "MNIST/raw/{train-images-idx3-ubyte,train-labels-idx1-ubyte,t10k-images-idx3-ubyte,t10k-labels-idx1-ubyte}",
+            f"{cls.__name__}/raw/{IDX_FILES}",
         )
 
     train, test = read(True), read(False)
 
-    def images(ds):  # uint8 [N, 1, image_size, image_size], zeros around the 28x28 digit
+    def images(ds):  # uint8 [N, 1, image_size, image_size], zeros around the 28x28 image
         return F.pad(ds.data, (before, after, before, after)).unsqueeze(1).contiguous()
 
     return SourceData(
@@ -41,6 +61,7 @@ def load(cfg: DictConfig, data_dir: str) -> SourceData:
         num_classes=10,
         # normalize=false feeds pixels in [0, 1] (torchvision's ToTensor alone), to study how much
         # the input scale changes a recipe's losses
-        mean=MEAN if cfg.get("normalize", True) else (0.0,),
-        std=STD if cfg.get("normalize", True) else (1.0,),
+        mean=mean if cfg.get("normalize", True) else (0.0,),
+        std=std if cfg.get("normalize", True) else (1.0,),
+        augment=augment,
     )

@@ -1,7 +1,8 @@
 """Seeded synthetic images: class prototypes plus Gaussian noise, any shape and class count.
 
 Learnable (prototypes differ) but not trivial (noise), so selectors and metrics behave as on real
-data. With `like=<dataset>` it takes that dataset's shape and class count: the smoke stand-in.
+data. With `like=<dataset>` it takes that dataset's shape and class count (as the one registry,
+`saln_exp.data.DATASETS`, declares them): the smoke stand-in.
 """
 
 from __future__ import annotations
@@ -9,30 +10,27 @@ from __future__ import annotations
 import torch
 from omegaconf import DictConfig
 
+from saln_exp import rng
 from saln_exp.data.base import SourceData
 from saln_exp.errors import ConfigError
 
-# channels, image size, classes of every real dataset, for stand-ins
-SHAPES = {
-    "digits": (1, 32, 10),
-    "mnist": (1, 32, 10),
-    "cifar10": (3, 32, 10),
-    "cifar100": (3, 32, 100),
-    "pets": (3, 224, 37),
-}
 
-
-def shape_of(cfg: DictConfig) -> tuple[int, int, int]:
+def shape_of(cfg: DictConfig, data_dir: str = "") -> tuple[int, int, int]:
+    """(channels, side, classes): those of `like` (a dataset with a fixed shape), else the
+    config's own."""
     if cfg.get("like"):
-        if cfg.like not in SHAPES:
-            raise ConfigError(f"dataset.like must be one of {sorted(SHAPES)}, got {cfg.like!r}")
-        return SHAPES[cfg.like]
+        from saln_exp.data import fixed_shapes  # the registry imports this module
+
+        shapes = fixed_shapes()
+        if cfg.like not in shapes:
+            raise ConfigError(f"dataset.like must be one of {sorted(shapes)}, got {cfg.like!r}")
+        return shapes[cfg.like]
     return int(cfg.channels), int(cfg.image_size), int(cfg.num_classes)
 
 
-def load(cfg: DictConfig, data_dir: str) -> SourceData:
+def load(cfg: DictConfig, data_dir: str, cache_dir: str | None = None) -> SourceData:
     channels, size, classes = shape_of(cfg)
-    g = torch.Generator().manual_seed(int(cfg.split_seed))
+    g = rng.generator(int(cfg.split_seed), "synthetic_images")
     prototypes = torch.rand(classes, channels, size, size, generator=g)
 
     def draw(n: int) -> tuple[torch.Tensor, torch.Tensor]:

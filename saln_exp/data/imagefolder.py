@@ -1,0 +1,148 @@
+"""Your own images, one folder per class: `<root>/train/<class>/*` and `<root>/test/<class>/*`.
+
+`root` is relative to paths.data_dir (or absolute). Without `test/`, `test_fraction` carves a
+seeded, class-stratified test split from train/ (its own random stream); validation is carved
+from what remains by `val_fraction`, as for every dataset. Every image is converted to RGB (or
+grayscale with `channels: 1`) and resized (squashed, aspect not kept) to image_size x image_size
+once, at decode; the uint8 tensors are cached under paths.cache_dir (see `folder`). `mean` / `std`
+null: the per-channel statistics of the decoded training images (train/ less the carved test, the
+validation carve included); a list: used as given (e.g. ImageNet's for pretrained backbones).
+A folder whose pixels exceed `max_decoded_gib` is refused before decoding (one line with the
+size): streaming from disk is not supported.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+
+from saln_exp.data import folder
+from saln_exp.data.augment import flip_crop_batched, saln_pets_batched
+from saln_exp.data.base import SourceData, _stratified_split
+from saln_exp.errors import ConfigError, DataMissingError
+from saln_exp.rng import stream_seed
+
+POLICIES = {"flip_crop": flip_crop_batched, "saln": lambda size: saln_pets_batched()}
+
+
+def root_of(cfg: DictConfig, data_dir: str) -> Path:
+    if not cfg.get("root"):
+        raise ConfigError("dataset.root must name the folder that holds train/ (and test/)")
+    return Path(data_dir).expanduser() / Path(str(cfg.root)).expanduser()  # an absolute root wins
+
+
+def _train_dir(cfg: DictConfig, data_dir: str) -> Path:
+    root = root_of(cfg, data_dir)
+    train_dir = root / "train"
+    if not train_dir.is_dir():
+        raise DataMissingError(
+            f"imagefolder: {train_dir} not found; put the images in {root}/train/<class>/ and "
+            f"{root}/test/<class>/, or point dataset.root at the folder that holds train/"
+        )
+    return train_dir
+
+
+def shape_of(cfg: DictConfig, data_dir: str) -> tuple[int, int, int]:
+    """Channels and side from the config, classes from the class folders of train/."""
+    return (
+        int(cfg.channels),
+        int(cfg.image_size),
+        len(folder.class_folders(_train_dir(cfg, data_dir), cfg.name)),
+    )
+
+
+def load(cfg: DictConfig, data_dir: str, cache_dir: str | None = None) -> SourceData:
+    channels, size, test_fraction = int(cfg.channels), int(cfg.image_size), float(cfg.test_fraction)
+    _check(cfg, channels, size, test_fraction)
+    train_dir = _train_dir(cfg, data_dir)
+    test_dir = train_dir.parent / "test"
+    if test_dir.is_dir() and test_fraction > 0:
+        raise ConfigError(
+            f"dataset.test_fraction={test_fraction} but {test_dir} exists: use its images as the "
+            "test split (dataset.test_fraction=0) or remove the folder"
+        )
+    if not test_dir.is_dir() and test_fraction == 0:
+        raise DataMissingError(
+            f"imagefolder: {test_dir} not found; add it (one folder per class, as in train/) or "
+            "set dataset.test_fraction=0.2 to carve a test split from train/"
+        )
+    train = folder.open_split(train_dir, cfg.name)
+    test = (
+        folder.open_split(test_dir, cfg.name, train.classes, str(train_dir))
+        if test_dir.is_dir()
+        else None
+    )
+    n_images = len(train) + (len(test) if test is not None else 0)
+    folder.check_budget(cfg.name, n_images, channels, size, cfg.max_decoded_gib)
+    workers = int(cfg.workers)
+    train_x, train_y = folder.decode(train, cfg.name, "train", channels, size, cache_dir, workers)
+    if test is not None:
+        test_x, test_y = folder.decode(test, cfg.name, "test", channels, size, cache_dir, workers)
+    else:
+        if math.ceil(test_fraction * len(train_y)) >= len(train_y):
+            raise ConfigError(
+                f"dataset.test_fraction={test_fraction} leaves no training images out of "
+                f"{len(train_y)} in {train_dir}; lower it"
+            )
+        seed = stream_seed(int(cfg.split_seed), "test_split")
+        keep, held = _stratified_split(train_y.numpy(), test_fraction, seed)
+        keep, held = torch.from_numpy(keep), torch.from_numpy(held)
+        (train_x, train_y), (test_x, test_y) = (
+            (train_x[keep], train_y[keep]),
+            (train_x[held], train_y[held]),
+        )
+    if cfg.get("mean") is None:
+        mean, std = folder.channel_stats(train_x)
+    else:
+        mean, std = tuple(float(m) for m in cfg.mean), tuple(float(s) for s in cfg.std)
+    policy = str(cfg.augment_policy)
+    return SourceData(
+        train_images=train_x,
+        train_targets=train_y,
+        test_images=test_x,
+        test_targets=test_y,
+        num_classes=len(train.classes),
+        mean=mean,
+        std=std,
+        augment=POLICIES[policy](size) if cfg.augment else None,
+    )
+
+
+def _check(cfg: DictConfig, channels: int, size: int, test_fraction: float) -> None:
+    if channels not in (1, 3):
+        raise ConfigError(f"dataset.channels must be 1 (grayscale) or 3 (RGB), got {channels}")
+    if size < 1:
+        raise ConfigError(f"dataset.image_size must be positive, got {size}")
+    if not 0 <= test_fraction < 1:
+        raise ConfigError(f"dataset.test_fraction must be in [0, 1), got {test_fraction}")
+    if str(cfg.augment_policy) not in POLICIES:
+        raise ConfigError(
+            f"dataset.augment_policy must be one of {sorted(POLICIES)}, got {cfg.augment_policy!r}"
+        )
+    if (cfg.get("mean") is None) != (cfg.get("std") is None):
+        raise ConfigError(
+            "dataset.mean and dataset.std go together: set both, or neither (null: from train/)"
+        )
+    if cfg.get("mean") is not None:
+        try:
+            mean, std = (
+                np.asarray(list(cfg.mean), dtype=float),
+                np.asarray(list(cfg.std), dtype=float),
+            )
+        except (TypeError, ValueError):
+            mean = std = np.zeros(0)
+        if mean.shape != (channels,) or std.shape != (channels,) or not (std > 0).all():
+            raise ConfigError(
+                f"dataset.mean and dataset.std must be lists of {channels} number(s) (std > 0) "
+                f"for dataset.channels={channels}, got {cfg.mean} and {cfg.std}"
+            )
+    if float(cfg.max_decoded_gib) <= 0:
+        raise ConfigError(f"dataset.max_decoded_gib must be positive, got {cfg.max_decoded_gib}")
+    if int(cfg.workers) < 0:
+        raise ConfigError(
+            f"dataset.workers must be 0 (decode in this process) or more, got {cfg.workers}"
+        )

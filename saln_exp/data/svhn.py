@@ -1,0 +1,63 @@
+"""torchvision SVHN (Street View House Numbers, cropped digits): 3x32x32, 10 classes.
+
+The files are the MATLAB `.mat` files of the dataset's site (`train_32x32.mat`, `test_32x32.mat`)
+under `<data_dir>/svhn/`; torchvision verifies their md5 sums and maps label 10 to digit 0. The
+`extra` split is not used. Normalised with the training split's per-channel statistics
+(0.4377, 0.4438, 0.4728) / (0.1980, 0.2010, 0.1970), the values DeepCore's SVHN loader uses
+(github.com/PatrickZH/DeepCore). No augmentation by default; `augment: true` is a random crop of the image padded
+by 4 pixels, without flips (a mirrored digit is another glyph).
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from omegaconf import DictConfig
+from torchvision.datasets import SVHN
+
+from saln_exp.data.augment import flip_crop_batched
+from saln_exp.data.base import SourceData
+from saln_exp.data.fetch import open_torchvision
+from saln_exp.errors import DataCorruptError
+
+MEAN, STD = (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970)
+FOLDER = "svhn"  # under paths.data_dir: torchvision itself would put the files in data_dir directly
+
+
+def load(cfg: DictConfig, data_dir: str, cache_dir: str | None = None) -> SourceData:
+    root = os.path.join(data_dir, FOLDER)
+
+    def read(split: str):
+        ds = open_torchvision(
+            lambda download: SVHN(root, split=split, download=download),
+            "svhn",
+            data_dir,
+            bool(cfg.download),
+            f"{FOLDER}/{split}_32x32.mat",
+        )
+        # torchvision already transposed X (32, 32, 3, N) to N x 3 x 32 x 32 (a strided view)
+        images = torch.from_numpy(ds.data).contiguous()
+        labels = torch.from_numpy(ds.labels.astype("int64")).reshape(-1)
+        shaped = images.dtype == torch.uint8 and images.shape[1:] == (3, 32, 32)
+        labelled = len(images) == len(labels) and bool(((labels >= 0) & (labels <= 9)).all())
+        if not (shaped and labelled):
+            raise DataCorruptError(
+                f"svhn file {os.path.join(root, ds.filename)} holds X {tuple(ds.data.shape)} "
+                f"{ds.data.dtype} and {len(labels)} labels, not uint8 32x32x3xN images with N labels "
+                "in 1..10; delete it and download again: saln-train dataset=svhn "
+                f"dataset.download=true paths.data_dir={data_dir}"
+            )
+        return images, labels
+
+    (train_x, train_y), (test_x, test_y) = read("train"), read("test")
+    return SourceData(
+        train_images=train_x,
+        train_targets=train_y,
+        test_images=test_x,
+        test_targets=test_y,
+        num_classes=10,
+        mean=MEAN,
+        std=STD,
+        augment=flip_crop_batched(32, flip=False) if cfg.augment else None,
+    )
