@@ -14,9 +14,10 @@ import numpy as np
 import pytest
 import torch
 
-from saln_exp import bench
-from saln_exp.bench_epochs import mnist_data_dir
-from saln_exp.paper_algorithms import saln_algorithm1
+from bench.cli import SECTION_NAMES, main
+from bench.epochs import mnist_data_dir
+from bench.results import SCHEMA_VERSION
+from oracles import saln_algorithm1
 from saln_exp.selectors import SELECTORS, Batch, BatchView, ViewSources
 from saln_exp.selectors.saln import (
     DENSE_BELOW,
@@ -148,7 +149,7 @@ def test_lanczos_survives_an_invariant_subspace():
 def check_results(out, sections):
     results = json.loads((out / "results.json").read_text())
     markdown = (out / "results.md").read_text()
-    assert results["schema"] == bench.SCHEMA_VERSION and results["quick"] is True
+    assert results["schema"] == SCHEMA_VERSION and results["quick"] is True
     for key in ("cpu", "cores", "torch", "device", "torch_threads"):
         assert results["machine"][key] not in (None, "")
     assert not results["errors"], results["errors"]
@@ -196,7 +197,7 @@ def check_results(out, sections):
 
 def test_quick_benchmark_writes_both_files(tmp_path, capsys):
     sections = ("saln", "runner", "selective")
-    assert bench.main(["--quick", "--out", str(tmp_path), "--only", ",".join(sections)]) == 0
+    assert main(["--quick", "--out", str(tmp_path), "--only", ",".join(sections)]) == 0
     check_results(tmp_path, sections)
     assert "| target | required | measured | status |" in capsys.readouterr().out
 
@@ -204,20 +205,20 @@ def test_quick_benchmark_writes_both_files(tmp_path, capsys):
 @pytest.mark.slow
 def test_quick_benchmark_runs_every_section(tmp_path):
     # the epoch-time section needs the real MNIST unpacked (`make mnist`; CI does it)
-    sections = tuple(s for s in bench.SECTIONS if s != "epochs" or mnist_data_dir() is not None)
-    bench.main(["--quick", "--out", str(tmp_path), "--only", ",".join(sections)])
+    sections = tuple(s for s in SECTION_NAMES if s != "epochs" or mnist_data_dir() is not None)
+    main(["--quick", "--out", str(tmp_path), "--only", ",".join(sections)])
     check_results(tmp_path, sections)
 
 
 def test_unknown_section_is_refused(tmp_path):
     with pytest.raises(SystemExit):
-        bench.main(["--quick", "--out", str(tmp_path), "--only", "saln,nope"])
+        main(["--quick", "--out", str(tmp_path), "--only", "saln,nope"])
 
 
 def test_only_reruns_some_sections_and_keeps_the_others(tmp_path):
-    assert bench.main(["--quick", "--out", str(tmp_path), "--only", "saln"]) == 0
+    assert main(["--quick", "--out", str(tmp_path), "--only", "saln"]) == 0
     first = json.loads((tmp_path / "results.json").read_text())
-    assert bench.main(["--quick", "--out", str(tmp_path), "--only", "selective"]) == 0
+    assert main(["--quick", "--out", str(tmp_path), "--only", "selective"]) == 0
     merged = json.loads((tmp_path / "results.json").read_text())
     assert merged["saln_vs_algorithm1"] == first["saln_vs_algorithm1"]
     assert merged["selective_backward"] and merged["updated"]["sections"] == ["selective"]

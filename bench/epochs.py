@@ -1,4 +1,4 @@
-"""saln-bench section `epochs`: where an epoch of the ASSIST MNIST recipes spends its time.
+"""Section 6: where an epoch of the ASSIST MNIST recipes spends its time.
 
 Each case is a real run (`saln_exp.train.run`) of an experiment file's recipe on the real MNIST
 (`make mnist` puts it in data/MNIST/raw) for a few epochs; the run's own per-phase clocks
@@ -17,19 +17,21 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from omegaconf import open_dict
+import torch
 
 import saln_exp.data.base as data_base
+from bench.inputs import run_config
+from bench.settings import Log, Settings
 from saln_exp import PROJECT_ROOT
 from saln_exp.metrics import SplitOutputs, per_sample_outputs
+from saln_exp.rundir import RunFiles
 
+KEY = "epoch_times"
 PHASES = ("train", "select", "eval", "wall")
 MNIST_FILES = ("train-images-idx3-ubyte", "t10k-images-idx3-ubyte")
 
@@ -44,7 +46,8 @@ def mnist_data_dir() -> Path | None:
 @contextlib.contextmanager
 def reuse_switched_off() -> Iterator[None]:
     """The runner without its two shared computations: every batch normalised again, and the
-    training split classified again by epochwise filtering."""
+    training split classified again by epochwise filtering. (saln_exp has no switch for this,
+    so the two are patched out for the duration.)"""
     budget, get = data_base.NORMALISED_CACHE_BYTES, SplitOutputs.get
     data_base.NORMALISED_CACHE_BYTES = 0
     SplitOutputs.get = lambda self, model, split, pipeline, bs: per_sample_outputs(
@@ -57,21 +60,12 @@ def reuse_switched_off() -> Iterator[None]:
 
 
 def run_case(overrides: tuple[str, ...], epochs: int, data_dir: Path, workdir: Path) -> list[dict]:
+    """A real run of `epochs` epochs; its metrics.jsonl records."""
     from saln_exp.train import run  # the CLI module; imported late to keep the bench light
 
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(PROJECT_ROOT / "conf"), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=["logger=none", *overrides])
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(workdir)
-        cfg.paths.log_dir = str(workdir / "logs")
-        cfg.paths.cache_dir = str(workdir / "cache")
-        cfg.paths.data_dir = str(data_dir)
-        cfg.trainer.progress = False
-        cfg.trainer.checkpoint = False
-        cfg.trainer.epochs = epochs
+    cfg = run_config(workdir, *overrides, f"trainer.epochs={epochs}", data_dir=data_dir)
     run(cfg)
-    return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    return RunFiles(cfg.paths.output_dir).read_metrics()
 
 
 def per_epoch_seconds(rows: list[dict]) -> dict[str, dict[str, float]]:
@@ -88,18 +82,20 @@ def per_epoch_seconds(rows: list[dict]) -> dict[str, dict[str, float]]:
 
 
 def same_numbers(a: list[dict], b: list[dict]) -> bool:
+    """Whether two runs wrote the same metrics, clocks aside."""
+
     def numbers(rows):
         return [{k: v for k, v in r.items() if not k.startswith("time/")} for r in rows]
 
     return json.dumps(numbers(a), sort_keys=True) == json.dumps(numbers(b), sort_keys=True)
 
 
-def bench_epochs(settings: Any, workdir: Path, log: Callable[[str], None]) -> list[dict[str, Any]]:
+def measure(st: Settings, device: torch.device, workdir: Path, log: Log) -> list[dict[str, Any]]:
     data_dir = mnist_data_dir()
     if data_dir is None:
         raise FileNotFoundError("the real MNIST is not in data/MNIST/raw: run `make mnist` first")
     rows = []
-    for label, overrides, epochs, compare in settings.epoch_cases:
+    for label, overrides, epochs, compare in st.epoch_cases:
         case_dir = workdir / f"epochs-{len(rows)}"
         metrics = run_case(overrides, epochs, data_dir, case_dir / "reuse-on")
         row: dict[str, Any] = {
@@ -126,8 +122,11 @@ def bench_epochs(settings: Any, workdir: Path, log: Callable[[str], None]) -> li
     return rows
 
 
-def epochs_markdown(rows: list[dict[str, Any]]) -> list[str]:
+def markdown(rows: list[dict[str, Any]]) -> list[str]:
     lines = [
+        "",
+        "## 6. Epoch time of the ASSIST MNIST recipes (real MNIST)",
+        "",
         "Seconds per epoch of the ASSIST MNIST recipes on the real MNIST, from each run's own "
         "clocks: train (batches read, forward, backward, step), select (the filter's forward), "
         "eval (ASSIST's metrics over the full train and test sets every epoch), wall. *first*: "

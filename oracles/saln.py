@@ -1,8 +1,4 @@
-"""Algorithms exactly as the papers print them, kept as references for tests and the benchmark.
-
-Nothing here is used for training: the selectors implement the same rules faster. Each function
-is transcribed from its paper; deviations would defeat the purpose, so none are made.
-"""
+"""SALN (Sharifi), Algorithm 1 exactly as printed: the oracle for the SALN selector's fast solver."""
 
 from __future__ import annotations
 
