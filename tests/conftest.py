@@ -23,6 +23,9 @@ BIN = Path(sys.executable).parent
 os.environ.pop("WANDB_API_KEY", None)
 os.environ["WANDB_SILENT"] = "true"
 
+# the per-epoch keys that measure time: the only ones two same-seed runs may differ in
+TIME_KEYS = {f"time/{phase}_s" for phase in ("train", "select", "eval", "diag", "prepare", "wall")}
+
 
 # In-process runs share two cores with whatever else runs; one thread avoids oversubscription
 # (small ops get many times slower when two busy threads fight over contended cores).

@@ -606,24 +606,6 @@ def write_any(name: str, data_dir: Path) -> None:
         write_folder(data_dir / "imagefolder" / "test", {"a": 4, "b": 4, "c": 4})
 
 
-@pytest.mark.parametrize("name", ["fashion_mnist", "svhn", "cinic10", "imagefolder"])
-def test_missing_dataset_exits_2_with_one_line(make_cfg, tmp_path, capsys, name):
-    from saln_exp.train import run
-
-    empty = tmp_path / "empty"
-    empty.mkdir()
-    cfg = make_cfg(f"dataset={name}", f"paths.data_dir={empty}")
-    with pytest.raises(SystemExit) as exc:
-        run(cfg)
-    assert exc.value.code == 2
-    err = capsys.readouterr().err
-    assert len(err.strip().splitlines()) == 1, err
-    assert err.startswith("error: ") and "Traceback" not in err and str(empty) in err
-    if name != "imagefolder":  # your own folder has nothing to download
-        assert "dataset.download=true" in err and f"dataset={name}" in err
-    assert list(empty.iterdir()) == []
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["fashion_mnist", "svhn", "cinic10", "imagefolder"])
 def test_cli_trains_one_epoch_on_written_files(tmp_path, name):

@@ -13,6 +13,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from conftest import TIME_KEYS
 from saln_exp.selectors import SELECTORS, Batch
 from saln_exp.selectors.accumulate import Accumulator
 from saln_exp.selectors.base import Selector
@@ -20,14 +21,6 @@ from saln_exp.selectors.infobatch import InfoBatch
 from saln_exp.train import run
 from saln_exp.trainer import Trainer
 
-TIME_KEYS = {
-    "time/train_s",
-    "time/select_s",
-    "time/eval_s",
-    "time/diag_s",
-    "time/prepare_s",
-    "time/wall_s",
-}
 SMALL = ("model=fcnet", "model.hidden=32", "dataset.image_size=8", "dataset.batch_size=32")
 
 

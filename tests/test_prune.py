@@ -24,7 +24,9 @@ from saln_exp.prune.grand import grand_scores
 from saln_exp.selectors import SELECTORS as REGISTERED
 
 CPU = torch.device("cpu")
-SELECTORS = sorted(REGISTERED)  # every selector (paper variants of them are tested with their tables)
+SELECTORS = sorted(
+    REGISTERED
+)  # every selector (paper variants of them are tested with their tables)
 
 
 def read_json(path):

@@ -19,7 +19,7 @@ import torch
 from filelock import FileLock
 from test_data import no_cifar_md5, write_cifar, write_mnist, write_pets  # noqa: F401
 
-from conftest import BIN, run_cli
+from conftest import BIN, TIME_KEYS, run_cli
 from saln_exp import rundir
 from saln_exp.checkpoint import Checkpoints
 from saln_exp.config import validate
@@ -28,14 +28,6 @@ from saln_exp.errors import ConfigError, DataCorruptError
 from saln_exp.train import run, set_threads
 from saln_exp.trainer import Trainer
 
-TIME_KEYS = {
-    "time/train_s",
-    "time/select_s",
-    "time/eval_s",
-    "time/diag_s",
-    "time/prepare_s",
-    "time/wall_s",
-}
 SMALL = ("model=fcnet", "model.hidden=32", "dataset.image_size=8", "dataset.batch_size=32",
          "selector=uniform", "selector.filter_ratio=0.5")  # fmt: skip
 

@@ -13,19 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from conftest import BIN
+from conftest import BIN, TIME_KEYS
 from saln_exp.train import run
 from saln_exp.trainer import Trainer
 from wandb_records import history, run_info
 
-TIME_KEYS = {
-    "time/train_s",
-    "time/select_s",
-    "time/eval_s",
-    "time/diag_s",
-    "time/prepare_s",
-    "time/wall_s",
-}
 SMALL = ("model=fcnet", "model.hidden=32", "dataset.image_size=8", "dataset.batch_size=32")
 
 

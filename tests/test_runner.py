@@ -11,20 +11,13 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from conftest import TIME_KEYS
 from saln_exp.data import build_data
 from saln_exp.metrics import QUANTILES, loss_stats
 from saln_exp.models import build_model
 from saln_exp.train import run
 
 SPLIT_KEYS = ["acc", "loss_mean", "loss_best", "loss_worst", "loss_q50", "loss_q90", "loss_q99"]
-TIME_KEYS = {
-    "time/train_s",
-    "time/select_s",
-    "time/eval_s",
-    "time/diag_s",
-    "time/prepare_s",
-    "time/wall_s",
-}
 
 
 def read_metrics(run_dir) -> list[dict]:
