@@ -12,6 +12,7 @@ touches a global backend or leaks open figures when the runner calls it inside a
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from itertools import cycle
 from pathlib import Path
 
@@ -88,6 +89,23 @@ def band_handle():
 
 
 # -- curves ---------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class LegendLayout:
+    loc: str
+    ncols: int
+    fontsize: float
+    extra_height: float  # inches added below the panels for a legend placed there
+
+
+def legend_layout(entries: int) -> LegendLayout:
+    """Up to 22 entries fit beside the panels; more go below them in columns of at most 8 rows
+    (a 30-method comparison would otherwise lose its last entries off the figure)."""
+    if entries <= 22:
+        return LegendLayout("outside right upper", 1, 8, 0.0)
+    ncols = min(4, -(-entries // 8))
+    return LegendLayout("outside lower center", ncols, 7.5, 0.22 * -(-entries // ncols))
+
+
 def curves_figure(
     runs: pd.DataFrame,
     curves: pd.DataFrame,
@@ -101,9 +119,11 @@ def curves_figure(
     splits = [s for s in SPLIT_STYLES if f"{s}/acc" in curves and curves[f"{s}/acc"].notna().any()]
     ys = [f"{s}/{m}" for s in splits for m in ("acc", "loss_mean")]
     means = seed_mean(curves, runs, [x, *ys] if x != "epoch" else ys)
-    fig = Figure(figsize=(11, 4.2), layout="constrained")
-    axes = fig.subplots(1, 2)
     styles, counts = variant_styles(runs), seed_counts(runs)
+    legend = legend_layout(len(styles) + len(splits) + 1)
+    fig = Figure(figsize=(11 if legend.loc.endswith("upper") else 12, 4.2 + legend.extra_height),
+                 layout="constrained")  # fmt: skip
+    axes = fig.subplots(1, 2)
     for variant, frame in means.groupby("variant"):
         colour, marker = styles[variant]
         xs = frame["epoch"] if x == "epoch" else frame[(x, "mean")]
@@ -132,7 +152,7 @@ def curves_figure(
                for v, (c, m) in styles.items()]  # fmt: skip
     handles += [Line2D([], [], color="0.3", linestyle=SPLIT_STYLES[s], label=s) for s in splits]
     handles.append(band_handle())
-    fig.legend(handles=handles, loc="outside right upper", fontsize=8)
+    fig.legend(handles=handles, loc=legend.loc, ncols=legend.ncols, fontsize=legend.fontsize)
     fig.suptitle(title)
     return fig
 
@@ -189,11 +209,17 @@ def pareto_front(cost: np.ndarray, acc: np.ndarray) -> np.ndarray:
 
 
 def pareto_figure(runs: pd.DataFrame, title: str) -> Figure:
-    """Final test accuracy against training seconds and against back-propagated samples, one point
-    (mean ± std over seeds) per method in its fixed colour and marker, the Pareto front joined."""
-    fig = Figure(figsize=(11, 4.2), layout="constrained")
-    axes = fig.subplots(1, 2, sharey=True)
+    """Final test accuracy against training seconds and against back-propagated samples: each
+    seed's run as a small point and the mean over seeds as a large one (cost bars: ± std), in
+    the method's fixed colour and marker, the Pareto front of the means joined. Seeds are drawn
+    one by one because a run that collapses makes a mean ± std bar meaningless (it crosses 1)."""
+    from matplotlib.ticker import EngFormatter
+
     styles, counts = variant_styles(runs), seed_counts(runs)
+    legend = legend_layout(len(styles) + 1)
+    fig = Figure(figsize=(11 if legend.loc.endswith("upper") else 12, 4.4 + legend.extra_height),
+                 layout="constrained")  # fmt: skip
+    axes = fig.subplots(1, 2, sharey=True)
     acc_column = "final_test_acc" if "final_test_acc" in runs else "test/acc"
     stats = runs.groupby("variant")[[acc_column, *(c for c, _ in PARETO_AXES)]].agg(["mean", "std"])
     for ax, (column, label) in zip(axes, PARETO_AXES, strict=True):
@@ -203,18 +229,24 @@ def pareto_figure(runs: pd.DataFrame, title: str) -> Figure:
         )
         for i, variant in enumerate(stats.index):
             colour, marker = styles[variant]
+            seeds = runs[runs["variant"] == variant]
+            ax.scatter(seeds[column], seeds[acc_column], color=colour, marker=marker, s=14,
+                       alpha=0.45, linewidths=0)  # fmt: skip
             ax.errorbar(cost[i], acc[i], xerr=np.nan_to_num(stats[(column, "std")].iloc[i]),
-                        yerr=np.nan_to_num(stats[(acc_column, "std")].iloc[i]), color=colour,
-                        marker=marker, markersize=7, capsize=3, linestyle="none",
+                        color=colour, marker=marker, markersize=8, capsize=3, linestyle="none",
+                        markeredgecolor="black", markeredgewidth=0.4,
                         label=f"{variant} (n={counts[variant]})")  # fmt: skip
         ok = np.isfinite(cost) & np.isfinite(acc)
         front = np.flatnonzero(ok)[pareto_front(cost[ok], acc[ok])]
-        ax.plot(cost[front], acc[front], "--", color="0.5", linewidth=1, label="Pareto front")
+        ax.plot(
+            cost[front], acc[front], "--", color="0.5", linewidth=1, label="Pareto front (means)"
+        )
         ax.set(xlabel=label)
+        ax.xaxis.set_major_formatter(EngFormatter(sep=""))
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("final test accuracy")
     handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="outside right upper", fontsize=8)
+    fig.legend(handles, labels, loc=legend.loc, ncols=legend.ncols, fontsize=legend.fontsize)
     fig.suptitle(title)
     return fig
 
@@ -289,9 +321,10 @@ def uses_accumulation(curves: pd.DataFrame) -> bool:
 
 def accumulation_figure(runs: pd.DataFrame, curves: pd.DataFrame, title: str) -> Figure:
     means = seed_mean(accumulation_curves(curves), runs, [c for c, _ in ACCUMULATION_PANELS])
-    fig = Figure(figsize=(13, 3.6), layout="constrained")
-    axes = fig.subplots(1, len(ACCUMULATION_PANELS))
     styles = variant_styles(runs)
+    legend = legend_layout(len(styles))
+    fig = Figure(figsize=(13, 3.6 + legend.extra_height), layout="constrained")
+    axes = fig.subplots(1, len(ACCUMULATION_PANELS))
     for ax, (column, label) in zip(axes, ACCUMULATION_PANELS, strict=True):
         for variant, frame in means.groupby("variant"):
             if (column, "mean") in frame:
@@ -301,7 +334,11 @@ def accumulation_figure(runs: pd.DataFrame, curves: pd.DataFrame, title: str) ->
         ax.set(xlabel="epoch", ylabel=label.split(" (")[0], title=label)
         epoch_axis(ax)
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7)
+    if legend.loc.endswith("upper"):  # few variants: inside the first panel, as before
+        axes[0].legend(fontsize=7)
+    else:
+        handles, labels = axes[0].get_legend_handles_labels()
+        fig.legend(handles, labels, loc=legend.loc, ncols=legend.ncols, fontsize=legend.fontsize)
     fig.suptitle(title)
     return fig
 
@@ -354,7 +391,9 @@ def group_figures(
             figure = curves_figure(runs, curves, x, xlabel, f"{setting}: {what}", log_loss)
             paths += save(figure, out_dir, f"{group}_curves_{name}")
     if runs["variant"].nunique() > 1 and {"train_time_s", "samples_backprop"} <= set(runs):
-        figure = pareto_figure(runs, f"{setting}: accuracy against cost (bars: ± std over seeds)")
+        figure = pareto_figure(
+            runs, f"{setting}: accuracy against cost (small: each seed; large: mean)"
+        )
         paths += save(figure, out_dir, f"{group}_pareto")
     paths += run_file_figures(setting, runs[runs["run_dir"].fillna("") != ""], out_dir, group)
     if uses_accumulation(curves):
