@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from saln_exp import rng
+from saln_exp import distributed, rng
 from saln_exp.errors import ConfigError
 from saln_exp.metrics import SplitOutputs
 
@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from saln_exp.data.base import DataBundle
 
 FEATURE_SOURCES = ("pixels", "learner", "pretrained")
+SCOPES = ("global", "local")
 
 
 @dataclass
@@ -76,11 +77,15 @@ class BatchView:
         model: nn.Module,
         sources: ViewSources | None = None,
         autocast: Callable[[], AbstractContextManager] = nullcontext,
+        shard: bool = False,
     ):
         self.batch = batch
         self.model = model
         self.sources = sources or ViewSources()
         self.autocast = autocast
+        # several processes (saln_exp.distributed): each computes the learner outputs of its
+        # share of the batch and all of them are gathered, so the view holds the whole batch's
+        self.shard = shard and distributed.WORLD.active
         self.computed: dict[str, int] = {}
         self._cache: dict[str, Tensor] = {}
 
@@ -96,12 +101,20 @@ class BatchView:
     def _forward(self) -> Tensor:
         was_training = self.model.training
         self.model.eval()
+        x = self.batch.x
+        if self.shard:
+            x = x[distributed.WORLD.share(len(x))]
         with torch.inference_mode(), self.autocast():
-            feats = self.model.forward_features(self.batch.x)
+            feats = self.model.forward_features(x)
             logits = self.model.classifier(feats)
         self.model.train(was_training)
-        self._cache["learner_features"] = feats.float()
-        return logits.float()
+        feats, logits = feats.float(), logits.float()
+        if self.shard:  # one gather of [features | logits] rows, sizes known from the shares
+            sizes = distributed.WORLD.sizes(len(self.batch))
+            both = distributed.all_gather_cat(torch.cat([feats, logits], dim=1), sizes)
+            feats, logits = both[:, : feats.shape[1]], both[:, feats.shape[1] :]
+        self._cache["learner_features"] = feats
+        return logits
 
     @property
     def logits(self) -> Tensor:
@@ -186,6 +199,7 @@ class Selector:
         accumulate: bool = False,
         candidate_batch_size: int | None = None,
         loss_diagnostics: bool = False,
+        scope: str = "global",
         **unused: Any,
     ):
         if unused:
@@ -203,6 +217,11 @@ class Selector:
             None if candidate_batch_size is None else int(candidate_batch_size)
         )
         self.loss_diagnostics = bool(loss_diagnostics)
+        # several processes: select over the whole candidate batch (global: what one process
+        # selects) or within each rank's share (local); docs/distributed.md
+        if scope not in SCOPES:
+            raise ConfigError(f"selector.scope must be one of {SCOPES}, got {scope!r}")
+        self.scope = str(scope)
         self.generator = rng.generator(int(seed), "selector")
 
     # -- the contract ---------------------------------------------------------------------------
