@@ -109,6 +109,21 @@ def device_for(request: str, world: World) -> str:
     return str(request)
 
 
+def failure_line(world: World, err: BaseException) -> str:
+    """The one line a failing rank prints. A rank whose peer died sees only a broken connection
+    (gloo) or a timeout: it says so, and torchrun's summary names the rank that failed first."""
+    text = str(err).splitlines()[0] if str(err) else ""
+    lost = isinstance(err, dist.DistError) or any(
+        word in text for word in ("Connection reset", "Connection closed", "Timed out", "timeout")
+    )
+    if lost:
+        return (
+            f"error: rank {world.rank} of {world.size} lost its peers ({text[:160]}): another "
+            "rank ended or stopped answering; torchrun's 'Root Cause' names it"
+        )
+    return f"error: rank {world.rank} of {world.size} failed: {type(err).__name__}: {text}"
+
+
 # -- collectives (no-ops with one process) -------------------------------------------------------
 def all_gather_cat(tensor: Tensor, sizes: list[int] | None = None) -> Tensor:
     """Concatenate every rank's `tensor` along dim 0, in rank order. Row counts may differ:

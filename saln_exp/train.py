@@ -13,6 +13,7 @@ import logging
 import math
 import os
 import random
+import shutil
 import sys
 import traceback
 from pathlib import Path
@@ -231,10 +232,7 @@ def run(cfg: DictConfig) -> float:
         distributed.teardown()
         return value
     except Exception as err:  # one line naming the rank; torchrun ends the other ranks
-        print(
-            f"error: rank {world.rank} of {world.size} failed: {type(err).__name__}: {err}",
-            file=sys.stderr,
-        )
+        print(distributed.failure_line(world, err), file=sys.stderr)
         sys.exit(1)
 
 
@@ -244,12 +242,14 @@ def run_peer(cfg: DictConfig) -> float:
     for handler in logging.getLogger().handlers[:]:
         if isinstance(handler, logging.FileHandler):  # Hydra's log file is rank 0's
             logging.getLogger().removeHandler(handler)
+            handler.close()
     logging.getLogger("saln_exp").setLevel(logging.WARNING)
     with contextlib.suppress(UserError):
         apply_smoke(cfg)  # rank 0 reports such an error
     record_selector_choice(cfg, hydra_runtime())
     run_dir, seed = distributed.broadcast_object(None)  # type: ignore[misc]
     run_dir = Path(run_dir)
+    remove_stray_hydra_dir(Path(cfg.paths.output_dir), run_dir)
     with open_dict(cfg):
         cfg.seed = seed  # `seed: null` is drawn once, by rank 0
     with stop_on_signals():
@@ -258,6 +258,17 @@ def run_peer(cfg: DictConfig) -> float:
         except Interrupted as err:
             sys.exit(128 + err.signum)
     return math.nan
+
+
+def remove_stray_hydra_dir(own: Path, run_dir: Path) -> None:
+    """Hydra made this rank a directory of its own when the run directory's name holds the
+    launch time (the default `hydra.run.dir`) and the ranks started a moment apart: remove it if
+    it holds nothing but what Hydra wrote there (.hydra/ and the log file)."""
+    if not own.is_dir() or own.resolve() == run_dir.resolve():
+        return
+    hydra_files = {".hydra", f"{HydraConfig.get().job.name}.log"}
+    if {entry.name for entry in own.iterdir()} <= hydra_files:
+        shutil.rmtree(own, ignore_errors=True)
 
 
 def run_one(cfg: DictConfig) -> float:

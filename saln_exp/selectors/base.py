@@ -109,12 +109,20 @@ class BatchView:
             logits = self.model.classifier(feats)
         self.model.train(was_training)
         feats, logits = feats.float(), logits.float()
-        if self.shard:  # one gather of [features | logits] rows, sizes known from the shares
-            sizes = distributed.WORLD.sizes(len(self.batch))
-            both = distributed.all_gather_cat(torch.cat([feats, logits], dim=1), sizes)
-            feats, logits = both[:, : feats.shape[1]], both[:, feats.shape[1] :]
+        if self.shard:  # the shares' logits (n x classes); features only when asked for
+            self._local_features = feats
+            return distributed.all_gather_cat(logits, distributed.WORLD.sizes(len(self.batch)))
         self._cache["learner_features"] = feats
         return logits
+
+    def _learner_features(self) -> Tensor:
+        _ = self.logits
+        if "learner_features" not in self._cache:  # sharded: gather the shares' rows (n x d)
+            sizes = distributed.WORLD.sizes(len(self.batch))
+            self._cache["learner_features"] = distributed.all_gather_cat(
+                self._local_features, sizes
+            )
+        return self._cache["learner_features"]
 
     @property
     def logits(self) -> Tensor:
@@ -140,8 +148,7 @@ class BatchView:
         if source == "pixels":
             return self._once("pixels", lambda: self.batch.x.flatten(1).float())
         if source == "learner":
-            _ = self.logits
-            return self._cache["learner_features"]
+            return self._learner_features()
         if source == "pretrained":
             lookup = self.sources.pretrained_features
             if lookup is None:
