@@ -110,9 +110,7 @@ class SplitOutputs:
     ) -> tuple[Tensor, Tensor, Tensor]:
         key = (id(model), id(split), id(pipeline), batch_size, model.training, model_version(model))
         if key != self._key or self._outputs is None:
-            self._outputs = per_sample_outputs(
-                model, split, pipeline, batch_size, shard=self.shard
-            )
+            self._outputs = per_sample_outputs(model, split, pipeline, batch_size, shard=self.shard)
             self._key = key
         return self._outputs
 

@@ -224,10 +224,7 @@ def run(cfg: DictConfig) -> float:
     if not world.active:
         return run_one(cfg)
     try:
-        if world.is_main:
-            value = run_one(cfg)
-        else:
-            value = run_peer(cfg)
+        value = run_one(cfg) if world.is_main else run_peer(cfg)
         distributed.barrier()
         distributed.teardown()
         return value
