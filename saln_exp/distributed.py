@@ -63,14 +63,17 @@ WORLD = World()
 
 def from_env() -> World:
     """This process's rank and world size: torchrun's RANK / WORLD_SIZE / LOCAL_RANK, or under
-    Slurm (a submitit job with several tasks) submitit's TorchDistributedEnvironment."""
-    if "RANK" not in os.environ and int(os.environ.get("SLURM_NTASKS", "1")) > 1:
+    Slurm (a submitit job of several tasks: `hydra.launcher.tasks_per_node`, `nodes`)
+    submitit's TorchDistributedEnvironment, which sets them (and MASTER_ADDR / MASTER_PORT) from
+    the job. Every process keeps seeing all of the node's GPUs and takes cuda:LOCAL_RANK, as under
+    torchrun."""
+    if "RANK" not in os.environ and int(os.environ.get("SLURM_STEP_NUM_TASKS", "1")) > 1:
         try:
             import submitit
 
-            submitit.helpers.TorchDistributedEnvironment().export()
-        except (ImportError, RuntimeError) as err:  # not a submitit job: one process
-            log.debug("no submitit distributed environment: %s", err)
+            submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+        except (ImportError, RuntimeError, KeyError) as err:  # not a submitit job: one process
+            log.debug("no Slurm distributed environment: %s", err)
     return World(
         rank=int(os.environ.get("RANK", 0)),
         size=int(os.environ.get("WORLD_SIZE", 1)),
@@ -86,7 +89,7 @@ def setup(device_request: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> World:
     if world.active and not dist.is_initialized():
         cuda = torch.cuda.is_available() and str(device_request) in ("auto", "cuda")
         if cuda:
-            torch.cuda.set_device(world.local_rank)
+            torch.cuda.set_device(cuda_index(world))
         dist.init_process_group(
             backend="nccl" if cuda else "gloo",
             timeout=datetime.timedelta(seconds=float(timeout_s)),
@@ -105,8 +108,14 @@ def teardown() -> None:
 def device_for(request: str, world: World) -> str:
     """`auto` / `cuda` on a multi-GPU node means this process's GPU (cuda:LOCAL_RANK)."""
     if world.active and str(request) in ("auto", "cuda") and torch.cuda.is_available():
-        return f"cuda:{world.local_rank}"
+        return f"cuda:{cuda_index(world)}"
     return str(request)
+
+
+def cuda_index(world: World) -> int:
+    """cuda:LOCAL_RANK among the node's GPUs; cuda:0 where the scheduler shows each process only
+    its own GPU (Slurm's --gpus-per-task binding)."""
+    return 0 if torch.cuda.device_count() == 1 else world.local_rank
 
 
 def failure_line(world: World, err: BaseException) -> str:

@@ -15,11 +15,10 @@ import uuid
 from pathlib import Path
 
 import pytest
+import torch
 
-from saln_exp import PROJECT_ROOT
+from saln_exp import PROJECT_ROOT, distributed
 from saln_exp.rundir import CHECKPOINT
-
-pytestmark = pytest.mark.slow
 
 BIN = Path(sys.executable).parent
 SMALL = [
@@ -71,6 +70,44 @@ def assert_same_metrics(a: list[dict], b: list[dict], rel: float, abs_: float) -
             assert y == pytest.approx(x, rel=rel, abs=abs_), (row_a["epoch"], key, x, y)
 
 
+def test_shares_cover_the_batch_in_order():
+    world = distributed.World(rank=0, size=3)
+    assert world.sizes(10) == [4, 3, 3]
+    assert [world.bounds(10, r) for r in range(3)] == [(0, 4), (4, 7), (7, 10)]
+    assert distributed.World(rank=2, size=3).share(10) == slice(7, 10)
+    assert world.sizes(2) == [1, 1, 0]  # fewer samples than ranks: a rank gets none
+
+
+def test_one_process_helpers_are_no_ops():
+    assert not distributed.WORLD.active
+    t = torch.arange(3.0)
+    assert distributed.all_gather_cat(t) is t and distributed.all_reduce_sum(t) is t
+    assert distributed.broadcast_object("x") == "x"
+
+
+EXPORTED = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+def test_a_submitit_slurm_job_of_several_tasks_is_one_distributed_training(monkeypatch):
+    env = {
+        "SUBMITIT_EXECUTOR": "slurm", "SLURM_JOB_ID": "1234", "SLURM_JOB_NODELIST": "node[1-2]",
+        "SLURM_PROCID": "3", "SLURM_LOCALID": "1", "SLURM_NTASKS": "4",
+        "SLURM_STEP_NUM_TASKS": "4", "SLURM_JOB_NUM_NODES": "2", "SLURM_NODEID": "1",
+    }  # fmt: skip
+    # recorded, then unset: monkeypatch undoes what from_env exports when the test ends
+    for key in EXPORTED:
+        monkeypatch.setenv(key, "")
+        monkeypatch.delenv(key)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    cuda_visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    world = distributed.from_env()
+    assert (world.rank, world.size, world.local_rank) == (3, 4, 1)
+    assert os.environ["MASTER_ADDR"] == "node1" and os.environ["MASTER_PORT"].isdigit()
+    assert os.environ.get("CUDA_VISIBLE_DEVICES") == cuda_visible  # every GPU stays visible
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "selector", [["selector=none"], ["selector=topk_loss", "selector.scope=global"]]
 )
@@ -84,6 +121,7 @@ def test_two_processes_give_one_process_metrics(tmp_path: Path, selector: list[s
     assert summary["world_size"] == 2
 
 
+@pytest.mark.slow
 def test_local_scope_runs_and_counts_every_rank(tmp_path: Path):
     _run(tmp_path / "local", "selector=topk_loss", "selector.scope=local", "trainer.epochs=1",
          procs=2)  # fmt: skip
@@ -106,6 +144,7 @@ def _pid_of_rank(token: str, rank: int) -> int | None:
     return None
 
 
+@pytest.mark.slow
 def test_kill_9_of_one_rank_ends_the_run_and_a_rerun_resumes(tmp_path: Path):
     overrides = ["selector=topk_loss", "trainer.epochs=30", "trainer.checkpoint_every_steps=7"]
     _run(tmp_path / "whole", *overrides, procs=2)
