@@ -169,3 +169,27 @@ def test_kill_9_of_one_rank_ends_the_run_and_a_rerun_resumes(tmp_path: Path):
 
     _run(run_dir, *overrides, procs=2)  # the same command resumes
     assert_same_metrics(_metrics(tmp_path / "whole"), _metrics(run_dir), rel=0.0, abs_=0.0)
+
+
+@pytest.mark.slow
+def test_sigterm_to_torchrun_stops_every_rank_after_the_same_batch_and_resumes(tmp_path: Path):
+    overrides = ["selector=topk_loss", "trainer.epochs=20"]
+    _run(tmp_path / "whole", *overrides, procs=2)
+    run_dir = tmp_path / "stopped"
+    proc = subprocess.Popen(
+        _command(run_dir, *overrides, procs=2), env=_env(), stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 120
+    while not (run_dir / CHECKPOINT).exists() and proc.poll() is None:
+        assert time.monotonic() < deadline, "no checkpoint written"
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run ended before it could be stopped"
+    proc.send_signal(signal.SIGTERM)  # torchrun forwards it to every rank
+    output, _ = proc.communicate(timeout=120)
+    assert proc.returncode != 0
+    assert "rerun the same command to resume" in output, output[-3000:]
+    assert json.loads((run_dir / "status.json").read_text())["status"] == "interrupted"
+
+    _run(run_dir, *overrides, procs=2)
+    assert_same_metrics(_metrics(tmp_path / "whole"), _metrics(run_dir), rel=0.0, abs_=0.0)
