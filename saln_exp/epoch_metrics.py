@@ -124,18 +124,23 @@ def evaluate(
     train_positions: Tensor | None,
     train_outputs: SplitOutputs,
     forgetting: ForgettingTracker,
+    shard: bool = False,
 ) -> dict[str, float]:
     """ASSIST's metrics over the FULL train (or its fixed subset), val and test splits.
 
     `train_outputs` is shared with epochwise selectors, which classify the same split with the
-    same model at the next epoch's start."""
+    same model at the next epoch's start.
+
+    `shard` with several processes: each rank evaluates a slice of every split and the
+    per-sample losses and predictions are gathered, so the metrics (quantiles too) are those of
+    the whole split on every rank."""
     pipe = data.pipeline
     metrics = evaluate_split(
-        model, data.train, pipe, "train", batch_size, train_positions, cache=train_outputs
+        model, data.train, pipe, "train", batch_size, train_positions, train_outputs, shard
     )
     if data.val is not None:
-        metrics.update(evaluate_split(model, data.val, pipe, "val", batch_size))
-    metrics.update(evaluate_split(model, data.test, pipe, "test", batch_size))
+        metrics.update(evaluate_split(model, data.val, pipe, "val", batch_size, shard=shard))
+    metrics.update(evaluate_split(model, data.test, pipe, "test", batch_size, shard=shard))
     metrics.update(ratios(metrics))
     metrics.update(forgetting.summary(data.train.indices))
     return metrics

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from saln_exp import distributed
 from saln_exp.data.base import BatchPipeline, Split
 
 QUANTILES = {"q50": 0.5, "q90": 0.9, "q99": 0.99}
@@ -49,8 +50,21 @@ def per_sample_outputs(
     pipeline: BatchPipeline,
     batch_size: int,
     positions: Tensor | None = None,
+    shard: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """(losses, predictions, logits) of every sample in eval mode, without augmentation."""
+    """(losses, predictions, logits) of every sample in eval mode, without augmentation.
+
+    `shard` with several processes: each rank computes a contiguous slice and all are gathered
+    (every rank returns the whole split's outputs)."""
+    world = distributed.WORLD
+    if shard and world.active:
+        n = len(split) if positions is None else len(positions)
+        mine = torch.arange(n, device=split.targets.device)[world.share(n)]
+        local = per_sample_outputs(
+            model, split, pipeline, batch_size, mine if positions is None else positions[mine]
+        )
+        sizes = world.sizes(n)
+        return tuple(distributed.all_gather_cat(t, sizes) for t in local)  # type: ignore[return-value]
     was_training = model.training
     model.eval()
     n = len(split) if positions is None else len(positions)
@@ -86,7 +100,8 @@ class SplitOutputs:
     pass would return the same numbers, so it is read from here instead (a third of an
     epochwise LeNet epoch on MNIST)."""
 
-    def __init__(self) -> None:
+    def __init__(self, shard: bool = False) -> None:
+        self.shard = shard  # several processes: each computes a slice (see per_sample_outputs)
         self._key: tuple | None = None
         self._outputs: tuple[Tensor, Tensor, Tensor] | None = None
 
@@ -95,7 +110,7 @@ class SplitOutputs:
     ) -> tuple[Tensor, Tensor, Tensor]:
         key = (id(model), id(split), id(pipeline), batch_size, model.training, model_version(model))
         if key != self._key or self._outputs is None:
-            self._outputs = per_sample_outputs(model, split, pipeline, batch_size)
+            self._outputs = per_sample_outputs(model, split, pipeline, batch_size, shard=self.shard)
             self._key = key
         return self._outputs
 
@@ -108,11 +123,14 @@ def evaluate_split(
     batch_size: int,
     positions: Tensor | None = None,
     cache: SplitOutputs | None = None,
+    shard: bool = False,
 ) -> dict[str, float]:
     if cache is not None and positions is None:
         losses, preds, _ = cache.get(model, split, pipeline, batch_size)
     else:
-        losses, preds, _ = per_sample_outputs(model, split, pipeline, batch_size, positions)
+        losses, preds, _ = per_sample_outputs(
+            model, split, pipeline, batch_size, positions, shard=shard
+        )
     targets = split.targets if positions is None else split.targets[positions]
     return loss_stats(losses, preds == targets, prefix)
 

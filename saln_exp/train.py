@@ -8,10 +8,12 @@ the failures and makes the sweep exit non-zero.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
 import random
+import shutil
 import sys
 import traceback
 from pathlib import Path
@@ -22,7 +24,7 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
-from saln_exp import PROJECT_ROOT
+from saln_exp import PROJECT_ROOT, distributed
 from saln_exp.checkpoint import Checkpoints, check_same_run
 from saln_exp.config import resolve_device, validate
 from saln_exp.console import print_run_summary
@@ -83,10 +85,12 @@ def apply_smoke(cfg: DictConfig) -> None:
 
 
 def train(cfg: DictConfig, run_dir: Path) -> dict:
-    """Build everything from the config and fit; return the run summary."""
+    """Build everything from the config and fit; return the run summary. With several processes
+    every rank builds the same things; only rank 0 tracks (W&B and the run's files)."""
+    world = distributed.WORLD
     validate(cfg)
     seed = seed_everything(cfg)
-    device = resolve_device(cfg.device)
+    device = resolve_device(distributed.device_for(cfg.device, world))
     threads, source = set_threads(cfg.trainer.get("threads"))
     log.info("run %s: %s + %s + %s on %s, %d torch thread(s) (%s)", run_dir, cfg.dataset.name,
              cfg.model.name, cfg.selector.name, device, threads, source)  # fmt: skip
@@ -97,6 +101,10 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     if cfg.trainer.get("channels_last"):
         model = model.to(memory_format=torch.channels_last)
     runtime = hydra_runtime()
+    if not world.is_main:  # the same training, nothing written
+        trainer = Trainer(cfg, data, model, selector, run_dir, device, tracking=None)
+        trainer.fit()
+        return {}
     tracking = Tracking(cfg, run_dir, name=runtime.run_name, group=runtime.group)
     try:
         trainer = Trainer(cfg, data, model, selector, run_dir, device, tracking)
@@ -110,6 +118,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
             "seed": seed,
             "experiment": cfg.get("experiment_name"),
             "device": str(device),
+            "world_size": world.size,
             "metric": cfg.metric,
             "metric_value": history[-1][cfg.metric],
             "git_commit": git_commit(),
@@ -207,7 +216,60 @@ def record_selector_choice(cfg: DictConfig, runtime: Runtime) -> None:
 
 
 def run(cfg: DictConfig) -> float:
-    """The task wrapper: own the run directory and record the outcome whatever happens."""
+    """The task wrapper: one process, or one rank of a multi-process training (torchrun, or a
+    Slurm job with several tasks): saln_exp.distributed, docs/distributed.md."""
+    world = distributed.setup(
+        cfg.device, float(cfg.trainer.get("dist_timeout_s") or distributed.DEFAULT_TIMEOUT_S)
+    )
+    if not world.active:
+        return run_one(cfg)
+    try:
+        value = run_one(cfg) if world.is_main else run_peer(cfg)
+        distributed.barrier()
+        distributed.teardown()
+        return value
+    except Exception as err:  # one line naming the rank; torchrun ends the other ranks
+        print(distributed.failure_line(world, err), file=sys.stderr)
+        sys.exit(1)
+
+
+def run_peer(cfg: DictConfig) -> float:
+    """A rank other than 0: trains in rank 0's run directory once rank 0 has claimed it and
+    checked it; writes nothing (logs only warnings)."""
+    for handler in logging.getLogger().handlers[:]:
+        if isinstance(handler, logging.FileHandler):  # Hydra's log file is rank 0's
+            logging.getLogger().removeHandler(handler)
+            handler.close()
+    logging.getLogger("saln_exp").setLevel(logging.WARNING)
+    with contextlib.suppress(UserError):
+        apply_smoke(cfg)  # rank 0 reports such an error
+    record_selector_choice(cfg, hydra_runtime())
+    run_dir, seed = distributed.broadcast_object(None)  # type: ignore[misc]
+    run_dir = Path(run_dir)
+    remove_stray_hydra_dir(Path(cfg.paths.output_dir), run_dir)
+    with open_dict(cfg):
+        cfg.seed = seed  # `seed: null` is drawn once, by rank 0
+    with stop_on_signals():
+        try:
+            train(cfg, run_dir)
+        except Interrupted as err:
+            sys.exit(128 + err.signum)
+    return math.nan
+
+
+def remove_stray_hydra_dir(own: Path, run_dir: Path) -> None:
+    """Hydra made this rank a directory of its own when the run directory's name holds the
+    launch time (the default `hydra.run.dir`) and the ranks started a moment apart: remove it if
+    it holds nothing but what Hydra wrote there (.hydra/ and the log file)."""
+    if not own.is_dir() or own.resolve() == run_dir.resolve():
+        return
+    hydra_files = {".hydra", f"{HydraConfig.get().job.name}.log"}
+    if {entry.name for entry in own.iterdir()} <= hydra_files:
+        shutil.rmtree(own, ignore_errors=True)
+
+
+def run_one(cfg: DictConfig) -> float:
+    """Own the run directory and record the outcome whatever happens."""
     try:
         apply_smoke(cfg)
     except UserError as err:  # a smoke run of a dataset whose shape is unknown
@@ -228,6 +290,11 @@ def run(cfg: DictConfig) -> float:
             check_the_directory(cfg, files)
             files.write_status("running", overrides=runtime.overrides)
             started = True
+            if distributed.WORLD.active:  # the other ranks train here, with this seed
+                if cfg.seed is None:
+                    with open_dict(cfg):
+                        cfg.seed = int.from_bytes(os.urandom(4), "little") % (2**31)
+                distributed.broadcast_object((str(run_dir), cfg.seed))
             summary = train(cfg, run_dir)
     except UserError as err:
         if started:

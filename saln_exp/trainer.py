@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import math
+import signal
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -26,7 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from saln_exp import rng, stop
+from saln_exp import distributed, rng, stop
 from saln_exp.checkpoint import Checkpoints, check_same_run
 from saln_exp.data.base import DataBundle
 from saln_exp.epoch_metrics import (
@@ -36,9 +37,9 @@ from saln_exp.epoch_metrics import (
     selection_diagnostics,
     train_eval_positions,
 )
-from saln_exp.errors import NonFiniteLossError
+from saln_exp.errors import ConfigError, NonFiniteLossError
 from saln_exp.forgetting import ForgettingTracker
-from saln_exp.metrics import Timers
+from saln_exp.metrics import SplitOutputs, Timers
 from saln_exp.optim import build_optimizer, build_scheduler
 from saln_exp.run_artifacts import save_final_layer, save_forgetting, save_selection_example
 from saln_exp.selectors import Batch, BatchView, RunContext, Selector, ViewSources
@@ -123,9 +124,22 @@ class Trainer:
         self.settings = s = LoopSettings.from_config(cfg, selector)
         self.data = data
         self.model = model
+        # several processes (saln_exp.distributed): the training step runs through
+        # DistributedDataParallel; everything else uses the module itself
+        self.world = world = distributed.WORLD
+        if world.active and selector.scope == "local" and selector.accumulate:
+            raise ConfigError(
+                "selector.scope=local with selector.accumulate=true: ranks would step at "
+                "different times; use selector.scope=global"
+            )
+        train_module: nn.Module = model
+        if world.active:
+            ids = [device.index] if device.type == "cuda" else None
+            train_module = nn.parallel.DistributedDataParallel(model, device_ids=ids)
         # the training step may run a compiled graph; checkpoints, evaluation and the selector's
         # view use the module itself, so state_dict keys never depend on `trainer.compile`
-        self.train_forward = torch.compile(model) if s.compile else model
+        # (nor on the number of processes)
+        self.train_forward = torch.compile(train_module) if s.compile else train_module
         self.selector = selector
         self.run_dir = Path(run_dir)
         self.device = device
@@ -153,6 +167,7 @@ class Trainer:
             cache_dir=str(cfg.paths.cache_dir),
             run_dir=str(self.run_dir),
             autocast=self.autocast,
+            train_outputs=SplitOutputs(shard=world.active),
         )
         self.sources = ViewSources()
         self.train_eval_positions = train_eval_positions(
@@ -175,9 +190,11 @@ class Trainer:
             while self.progress.epoch < self.settings.epochs:
                 self.train_epoch()
                 self.end_epoch()
+                self.stop_requested()
                 stop.check()
-        save_final_layer(self.run_dir, self.model)
-        save_forgetting(self.run_dir, self.data, self.forgetting)
+        if self.world.is_main:
+            save_final_layer(self.run_dir, self.model)
+            save_forgetting(self.run_dir, self.data, self.forgetting)
         return self.progress.history
 
     def train_epoch(self) -> None:
@@ -202,7 +219,7 @@ class Trainer:
                 bar.set_postfix(p.epoch_stats.live_numbers(), refresh=False)
             if every and p.steps // every > steps_before // every and p.cursor < n_batches:
                 self.save_checkpoint()
-            if stop.STATE.requested is not None and p.cursor < n_batches:
+            if self.stop_requested() and p.cursor < n_batches:
                 if self.settings.checkpoint:
                     self.save_checkpoint()
                 bar.close()
@@ -210,6 +227,17 @@ class Trainer:
         bar.close()
         p.order = None
         p.epoch += 1
+
+    def stop_requested(self) -> bool:
+        """A signal asked to stop. Several processes agree (one tiny all-reduce per batch), so
+        that all stop, and checkpoint, after the same batch whichever got the signal first."""
+        if not self.world.active:
+            return stop.STATE.requested is not None
+        mine = torch.tensor([float(stop.STATE.requested or 0)], device=self.pending.device)
+        signum = int(distributed.all_reduce_sum(mine).item())
+        if signum and stop.STATE.requested is None:
+            stop.STATE.requested = signal.SIGTERM  # a peer's signal
+        return bool(signum)
 
     # -- one epoch ---------------------------------------------------------------------------------
     def start_epoch(self) -> None:
@@ -231,7 +259,7 @@ class Trainer:
             initial=self.progress.cursor,
             desc=f"epoch {self.progress.epoch + 1}/{self.settings.epochs}",
             # None: no bar when stderr is not a terminal (a log file gets one line per epoch)
-            disable=None if self.settings.progress_bar else True,
+            disable=None if self.settings.progress_bar and self.world.is_main else True,
             leave=False,
             dynamic_ncols=True,
         )
@@ -240,6 +268,8 @@ class Trainer:
         train, s, p = self.data.train, self.settings, self.progress
         stats = p.epoch_stats
         with self.timers("train"):  # reading and augmenting the batch is part of training
+            # several processes: every rank reads the whole candidate batch (the same augmented
+            # tensors, from the same random streams); only forwards and backwards are shared out
             batch = Batch(
                 train.indices[positions],
                 self.data.pipeline.batch(train, positions, train=True),
@@ -247,8 +277,11 @@ class Trainer:
             )
             if s.channels_last and batch.x.dim() == 4:
                 batch.x = batch.x.contiguous(memory_format=torch.channels_last)
+        if self.world.active and self.selector.scope == "local":
+            self.candidate_batch_local(batch)
+            return
         with self.timers("select"):
-            view = BatchView(batch, self.model, self.sources, self.autocast)
+            view = BatchView(batch, self.model, self.sources, self.autocast, shard=True)
             selection = self.selector.select(batch, view, accumulating=self.accumulator is not None)
         stats.fallbacks += int(selection.fallback)
         with self.timers("diag"):
@@ -256,7 +289,7 @@ class Trainer:
                 batch, view, selection, self.data, s.label_noise, self.selector.loss_diagnostics
             )
         stats.add_diagnostics(diagnostics)
-        if p.epoch == 0 and p.cursor == s.example_batch:  # SALN Fig. 7-8: once, in epoch 1
+        if p.epoch == 0 and p.cursor == s.example_batch and self.world.is_main:  # SALN Fig. 7-8
             save_selection_example(
                 self.run_dir, self.data, batch, selection, s.selector_name, p.cursor
             )
@@ -272,7 +305,47 @@ class Trainer:
         elif (full := self.accumulator.add(kept)) is not None:
             self.train_step(full)
 
-    def train_step(self, batch: Batch) -> None:
+    def candidate_batch_local(self, batch: Batch) -> None:
+        """`selector.scope=local` on several processes: each rank selects within its share of
+        the candidate batch (InfoBatch's and most multi-GPU implementations' way) and trains on
+        what it kept. Counts are summed over ranks; a diagnostic is the mean of the ranks'
+        values (each over its share); the selection example is rank 0's share."""
+        s, p, stats, world = self.settings, self.progress, self.progress.epoch_stats, self.world
+        mine = batch.take(torch.arange(len(batch), device=batch.y.device)[world.share(len(batch))])
+        with self.timers("select"):
+            view = BatchView(mine, self.model, self.sources, self.autocast)
+            selection = self.selector.select(mine, view, accumulating=False)
+        with self.timers("diag"):
+            diagnostics = selection_diagnostics(
+                mine, view, selection, self.data, s.label_noise, self.selector.loss_diagnostics
+            )
+        if p.epoch == 0 and p.cursor == s.example_batch and world.is_main:
+            save_selection_example(
+                self.run_dir, self.data, mine, selection, s.selector_name, p.cursor
+            )
+        keys = sorted(diagnostics)
+        local = torch.tensor(
+            [len(selection.positions), int(selection.fallback), *(diagnostics[k] for k in keys)],
+            dtype=torch.float64,
+            device=self.pending.device,
+        )
+        summed = distributed.all_reduce_sum(local).tolist()
+        kept_total, fallbacks = int(summed[0]), int(summed[1])
+        stats.add_diagnostics({k: v / world.size for k, v in zip(keys, summed[2:], strict=True)})
+        stats.fallbacks += fallbacks
+        kept = mine.take(selection.positions)
+        if selection.weights is not None:
+            kept = Batch(kept.index, kept.x, kept.y, selection.weights)
+        stats.seen += len(batch)
+        stats.kept += kept_total
+        stats.candidate_batches += 1
+        p.seen += len(batch)
+        self.train_step(kept, total=kept_total)
+
+    def train_step(self, batch: Batch, total: int | None = None) -> None:
+        if self.world.active:
+            self.train_step_shared(batch, total)
+            return
         p, stats = self.progress, self.progress.epoch_stats
         with self.timers("train"):
             self.model.train()
@@ -303,6 +376,51 @@ class Trainer:
         p.steps += 1
         p.backprop += len(batch)
 
+    def train_step_shared(self, batch: Batch, total: int | None) -> None:
+        """One optimizer step on several processes. `batch` is the whole step's batch (scope
+        global: every rank trains its contiguous share of it) or, with `total` (scope local),
+        this rank's kept samples out of `total` over all ranks.
+
+        One process minimises mean_k(w_k * l_k) over the K samples of the step; DDP averages the
+        ranks' gradients, so rank r minimises world / K * sum_{k in r} w_k * l_k: the same
+        gradient, up to the order of the floating-point sums. The per-sample losses, correctness
+        and indices of the step are gathered, so that counts, forgetting and the selector's
+        observed losses are those of the whole step on every rank (their state, which rank 0
+        checkpoints, stays the same on all ranks)."""
+        p, stats, world = self.progress, self.progress.epoch_stats, self.world
+        with self.timers("train"):
+            if total is None:
+                total, sizes = len(batch), world.sizes(len(batch))
+                mine = torch.arange(len(batch), device=batch.y.device)[world.share(len(batch))]
+                batch = batch.take(mine)
+            else:
+                sizes = None  # each rank's count is its own selection's: gathered
+            self.model.train()
+            with self.autocast():
+                logits = self.train_forward(batch.x)
+            per_sample = F.cross_entropy(logits.float(), batch.y, reduction="none")
+            weighted = per_sample if batch.w is None else per_sample * batch.w
+            loss = weighted.sum() * (world.size / max(total, 1))
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            correct = logits.detach().argmax(1) == batch.y
+            rows = torch.stack(
+                [per_sample.detach().double(), correct.double(), batch.index.double()], dim=1
+            )
+            rows = distributed.all_gather_cat(rows, sizes)
+            losses, correct, index = rows[:, 0], rows[:, 1] > 0.5, rows[:, 2].long()
+            if self.selector.wants_training_losses:
+                self.selector.observe_training_losses(index, losses.float())
+            forgotten = self.forgetting.update(index, correct)
+            sums = torch.stack([losses.sum(), correct.sum(), forgotten])
+            self.pending += sums.to(self.pending.dtype)
+        stats.steps += 1
+        stats.backprop += len(index)
+        p.steps += 1
+        p.backprop += len(index)
+
     def flush(self) -> None:
         """Move the device-side sums into the epoch's counts; stop on a non-finite loss.
 
@@ -331,7 +449,7 @@ class Trainer:
         with self.timers("eval"):
             evaluation = evaluate(
                 self.model, self.data, self.settings.eval_batch_size, self.train_eval_positions,
-                self.ctx.train_outputs, self.forgetting,
+                self.ctx.train_outputs, self.forgetting, shard=self.world.active,
             )  # fmt: skip
         overflow = (
             (self.accumulator.overflow - p.overflow_at_epoch_start) if self.accumulator else 0
@@ -391,9 +509,11 @@ class Trainer:
     def save_checkpoint(self) -> None:
         self.flush()
         self.fold_clocks()
-        self.checkpoints.save(self.state_dict())
-        if self.tracking is not None:
-            self.tracking.checkpoint_saved(self.checkpoints.latest, self.progress.epoch)
+        if self.world.is_main:  # written once; the other ranks hold the same state
+            self.checkpoints.save(self.state_dict())
+            if self.tracking is not None:
+                self.tracking.checkpoint_saved(self.checkpoints.latest, self.progress.epoch)
+        distributed.barrier()
 
     def maybe_resume(self) -> bool:
         state = self.checkpoints.load()

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from saln_exp import rng
+from saln_exp import distributed, rng
 from saln_exp.errors import ConfigError
 from saln_exp.metrics import SplitOutputs
 
@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from saln_exp.data.base import DataBundle
 
 FEATURE_SOURCES = ("pixels", "learner", "pretrained")
+SCOPES = ("global", "local")
 
 
 @dataclass
@@ -76,11 +77,15 @@ class BatchView:
         model: nn.Module,
         sources: ViewSources | None = None,
         autocast: Callable[[], AbstractContextManager] = nullcontext,
+        shard: bool = False,
     ):
         self.batch = batch
         self.model = model
         self.sources = sources or ViewSources()
         self.autocast = autocast
+        # several processes (saln_exp.distributed): each computes the learner outputs of its
+        # share of the batch and all of them are gathered, so the view holds the whole batch's
+        self.shard = shard and distributed.WORLD.active
         self.computed: dict[str, int] = {}
         self._cache: dict[str, Tensor] = {}
 
@@ -96,12 +101,28 @@ class BatchView:
     def _forward(self) -> Tensor:
         was_training = self.model.training
         self.model.eval()
+        x = self.batch.x
+        if self.shard:
+            x = x[distributed.WORLD.share(len(x))]
         with torch.inference_mode(), self.autocast():
-            feats = self.model.forward_features(self.batch.x)
+            feats = self.model.forward_features(x)
             logits = self.model.classifier(feats)
         self.model.train(was_training)
-        self._cache["learner_features"] = feats.float()
-        return logits.float()
+        feats, logits = feats.float(), logits.float()
+        if self.shard:  # the shares' logits (n x classes); features only when asked for
+            self._local_features = feats
+            return distributed.all_gather_cat(logits, distributed.WORLD.sizes(len(self.batch)))
+        self._cache["learner_features"] = feats
+        return logits
+
+    def _learner_features(self) -> Tensor:
+        _ = self.logits
+        if "learner_features" not in self._cache:  # sharded: gather the shares' rows (n x d)
+            sizes = distributed.WORLD.sizes(len(self.batch))
+            self._cache["learner_features"] = distributed.all_gather_cat(
+                self._local_features, sizes
+            )
+        return self._cache["learner_features"]
 
     @property
     def logits(self) -> Tensor:
@@ -127,8 +148,7 @@ class BatchView:
         if source == "pixels":
             return self._once("pixels", lambda: self.batch.x.flatten(1).float())
         if source == "learner":
-            _ = self.logits
-            return self._cache["learner_features"]
+            return self._learner_features()
         if source == "pretrained":
             lookup = self.sources.pretrained_features
             if lookup is None:
@@ -188,6 +208,7 @@ class Selector:
         accumulate: bool = False,
         candidate_batch_size: int | None = None,
         loss_diagnostics: bool = False,
+        scope: str = "global",
         **unused: Any,
     ):
         if unused:
@@ -205,6 +226,11 @@ class Selector:
             None if candidate_batch_size is None else int(candidate_batch_size)
         )
         self.loss_diagnostics = bool(loss_diagnostics)
+        # several processes: select over the whole candidate batch (global: what one process
+        # selects) or within each rank's share (local); docs/distributed.md
+        if scope not in SCOPES:
+            raise ConfigError(f"selector.scope must be one of {SCOPES}, got {scope!r}")
+        self.scope = str(scope)
         self.generator = rng.generator(int(seed), "selector")
 
     # -- the contract ---------------------------------------------------------------------------

@@ -1,0 +1,175 @@
+"""Multi-process training: the process group, the shares of a batch, and the gathers.
+
+One training runs on N processes (`torchrun --nproc_per_node=N -m saln_exp.train ...`, or a Slurm
+job with N tasks through submitit). `WORLD` is this process's place in it; with one process
+(no RANK / WORLD_SIZE in the environment) every helper here is a no-op and the single-process
+path is the code that ran before this module existed.
+
+How work is split (docs/distributed.md): every rank holds the whole dataset and draws the same
+epoch order; of every candidate batch of `dataset.batch_size` positions rank r scores and trains
+its contiguous share (`share`). Collectives are called by every rank in the same order, because
+every rank runs the same selection on the same (gathered) numbers.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+log = logging.getLogger(__name__)
+
+# seconds a collective may wait for a peer before the run ends (a dead peer is noticed by
+# torchrun at once; this bounds the case of a peer that hangs without dying)
+DEFAULT_TIMEOUT_S = 300
+
+
+@dataclass
+class World:
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+
+    @property
+    def active(self) -> bool:
+        return self.size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def bounds(self, n: int, rank: int | None = None) -> tuple[int, int]:
+        """[start, end) of `rank`'s contiguous share of n positions (sizes differ by at most 1)."""
+        r = self.rank if rank is None else rank
+        base, extra = divmod(n, self.size)
+        start = r * base + min(r, extra)
+        return start, start + base + (1 if r < extra else 0)
+
+    def sizes(self, n: int) -> list[int]:
+        return [end - start for start, end in (self.bounds(n, r) for r in range(self.size))]
+
+    def share(self, n: int) -> slice:
+        start, end = self.bounds(n)
+        return slice(start, end)
+
+
+WORLD = World()
+
+
+def from_env() -> World:
+    """This process's rank and world size: torchrun's RANK / WORLD_SIZE / LOCAL_RANK, or under
+    Slurm (a submitit job of several tasks: `hydra.launcher.tasks_per_node`, `nodes`)
+    submitit's TorchDistributedEnvironment, which sets them (and MASTER_ADDR / MASTER_PORT) from
+    the job. Every process keeps seeing all of the node's GPUs and takes cuda:LOCAL_RANK, as under
+    torchrun."""
+    if "RANK" not in os.environ and int(os.environ.get("SLURM_STEP_NUM_TASKS", "1")) > 1:
+        try:
+            import submitit
+
+            submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+        except (ImportError, RuntimeError, KeyError) as err:  # not a submitit job: one process
+            log.debug("no Slurm distributed environment: %s", err)
+    return World(
+        rank=int(os.environ.get("RANK", 0)),
+        size=int(os.environ.get("WORLD_SIZE", 1)),
+        local_rank=int(os.environ.get("LOCAL_RANK", 0)),
+    )
+
+
+def setup(device_request: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> World:
+    """Join the process group (nccl on CUDA, gloo on CPU) when there are several processes;
+    sets `WORLD`. Returns it; with one process nothing is initialised."""
+    global WORLD
+    world = from_env()
+    if world.active and not dist.is_initialized():
+        cuda = torch.cuda.is_available() and str(device_request) in ("auto", "cuda")
+        if cuda:
+            torch.cuda.set_device(cuda_index(world))
+        dist.init_process_group(
+            backend="nccl" if cuda else "gloo",
+            timeout=datetime.timedelta(seconds=float(timeout_s)),
+        )
+    WORLD = world
+    return world
+
+
+def teardown() -> None:
+    global WORLD
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    WORLD = World()
+
+
+def device_for(request: str, world: World) -> str:
+    """`auto` / `cuda` on a multi-GPU node means this process's GPU (cuda:LOCAL_RANK)."""
+    if world.active and str(request) in ("auto", "cuda") and torch.cuda.is_available():
+        return f"cuda:{cuda_index(world)}"
+    return str(request)
+
+
+def cuda_index(world: World) -> int:
+    """cuda:LOCAL_RANK among the node's GPUs; cuda:0 where the scheduler shows each process only
+    its own GPU (Slurm's --gpus-per-task binding)."""
+    return 0 if torch.cuda.device_count() == 1 else world.local_rank
+
+
+def failure_line(world: World, err: BaseException) -> str:
+    """The one line a failing rank prints. A rank whose peer died sees only a broken connection
+    (gloo) or a timeout: it says so, and torchrun's summary names the rank that failed first."""
+    text = str(err).splitlines()[0] if str(err) else ""
+    lost = isinstance(err, dist.DistError) or any(
+        word in text for word in ("Connection reset", "Connection closed", "Timed out", "timeout")
+    )
+    if lost:
+        return (
+            f"error: rank {world.rank} of {world.size} lost its peers ({text[:160]}): another "
+            "rank ended or stopped answering; torchrun's 'Root Cause' names it"
+        )
+    return f"error: rank {world.rank} of {world.size} failed: {type(err).__name__}: {text}"
+
+
+# -- collectives (no-ops with one process) -------------------------------------------------------
+def all_gather_cat(tensor: Tensor, sizes: list[int] | None = None) -> Tensor:
+    """Concatenate every rank's `tensor` along dim 0, in rank order. Row counts may differ:
+    pass them (`sizes`, known when the shares are) or they are gathered first."""
+    if not WORLD.active:
+        return tensor
+    if sizes is None:
+        mine = torch.tensor([tensor.shape[0]], device=tensor.device)
+        counts = [torch.zeros_like(mine) for _ in range(WORLD.size)]
+        dist.all_gather(counts, mine)
+        sizes = [int(c.item()) for c in counts]
+    longest = max(sizes)
+    padded = tensor.new_zeros((longest, *tensor.shape[1:]))
+    padded[: tensor.shape[0]] = tensor
+    parts = [torch.empty_like(padded) for _ in range(WORLD.size)]
+    dist.all_gather(parts, padded.contiguous())
+    return torch.cat([part[:n] for part, n in zip(parts, sizes, strict=True)])
+
+
+def all_reduce_sum(tensor: Tensor) -> Tensor:
+    """The sum over ranks (a new tensor; the argument is left as it was)."""
+    if not WORLD.active:
+        return tensor
+    out = tensor.clone()
+    dist.all_reduce(out, op=dist.ReduceOp.SUM)
+    return out
+
+
+def broadcast_object(obj: object) -> object:
+    """Rank 0's `obj` on every rank."""
+    if not WORLD.active:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def barrier() -> None:
+    if WORLD.active:
+        dist.barrier()
