@@ -92,8 +92,9 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     seed = seed_everything(cfg)
     device = resolve_device(distributed.device_for(cfg.device, world))
     threads, source = set_threads(cfg.trainer.get("threads"))
-    log.info("run %s: %s + %s + %s on %s, %d torch thread(s) (%s)", run_dir, cfg.dataset.name,
-             cfg.model.name, cfg.selector.name, device, threads, source)  # fmt: skip
+    processes = f", rank {world.rank} of {world.size} processes" if world.active else ""
+    log.info("run %s: %s + %s + %s on %s, %d torch thread(s) (%s)%s", run_dir, cfg.dataset.name,
+             cfg.model.name, cfg.selector.name, device, threads, source, processes)  # fmt: skip
     selector = build_selector(cfg.selector, seed)  # option errors surface before data is read
     data = build_data(cfg.dataset, cfg.paths, device)
     data, prune_record = prune_dataset(cfg, data, device, run_dir)

@@ -128,3 +128,21 @@ def test_a_preempted_job_resumes_from_its_checkpoint(tmp_path, how):
     assert json.loads((job / "status.json").read_text())["slurm_restart_count"] >= 1
     assert "resumed from" in (job / "train.log").read_text()
     assert json.loads((job / "summary.json").read_text())["status"] == "completed"
+
+
+def test_two_tasks_of_one_job_are_one_distributed_training(tmp_path):
+    """`hydra.launcher.tasks_per_node=2`: submitit starts two tasks of one Slurm job, each is one
+    rank (gloo on CPU), and together they give one process's metrics.jsonl up to the order of
+    floating-point reductions (the tolerance of tests/test_distributed.py)."""
+    from test_distributed import ABS, REL, _metrics, _run, assert_same_metrics
+
+    overrides = ("selector=topk_loss", "trainer.epochs=2", "dataset.batch_size=64")
+    sweep = tmp_path / "sweep"
+    code, _, err = finish(
+        start_sweep(*overrides, "hydra.launcher.tasks_per_node=2", f"hydra.sweep.dir={sweep}")
+    )
+    assert code == 0, err[-3000:]
+    log = (sweep / "0" / "train.log").read_text()
+    assert "rank 0 of 2 processes" in log, log[-2000:]
+    _run(tmp_path / "one", *overrides)
+    assert_same_metrics(_metrics(tmp_path / "one"), _metrics(sweep / "0"), rel=REL, abs_=ABS)
