@@ -69,3 +69,67 @@ def test_an_unknown_score_is_one_clear_error():
 
     with pytest.raises(ConfigError, match=r"selector\.score must be one of"):
         ImportanceSampling(score="gradient")
+
+
+# -- the variance-reduction switch (Algorithm 1) ------------------------------------------------------
+class FixedScores(ImportanceSampling):
+    """The switch's logic on scores given by the test, not by a model."""
+
+    def __init__(self, per_batch, **options):
+        super().__init__(**options)
+        self.per_batch = iter(per_batch)
+
+    def scores(self, batch, view):
+        return next(self.per_batch)
+
+
+def paper_tau(history: list[np.ndarray], momentum: float = 0.9) -> float:
+    """tau from the paper's text, with the algebra done by hand: for g = s / sum(s) and u = 1/n,
+    ||g - u||^2 = ||g||^2 - 1/n, so 1 / sqrt(1 - ||g - u||^2 / ||g||^2) = sqrt(n ||g||^2)."""
+    tau = 0.0
+    for s in history:
+        g = s / s.sum()
+        tau = momentum * tau + (1 - momentum) * np.sqrt(len(g) * (g**2).sum())
+    return tau
+
+
+def test_the_switch_trains_uniformly_until_tau_passes_eq_29s_threshold():
+    # filter_ratio 0.75: B = 64, b = 16, tau_th = (64 + 48) / 48 = 2.33. Four samples carry the
+    # batch's gradient; a uniform step sees one of them about two times in three, and tau, an
+    # average of sqrt(b ||g||^2) over the trained samples, climbs past tau_th
+    n, b = 64, 16
+    skewed = torch.tensor([1000.0] * 4 + [1.0] * (n - 4))
+    sel = FixedScores([skewed] * 60, filter_ratio=0.75, variance_reduction=True, seed=0)
+    batch = Batch(torch.arange(n), torch.zeros(n, 1), torch.zeros(n, dtype=torch.long))
+    assert sel.threshold(n) == pytest.approx(112 / 48)
+    seen, modes = [], []
+    for _ in range(60):
+        before = sel.tau
+        selection = sel.select(batch, None)
+        uniform = selection.weights is None
+        modes.append(uniform)
+        assert uniform == (before <= 112 / 48)  # the decision uses tau before this batch
+        if uniform:  # b distinct samples, unweighted; tau learns from their scores only
+            assert len(selection.positions) == b
+            seen.append(skewed[selection.positions].numpy())
+        else:  # the presample's B scores
+            seen.append(skewed.numpy())
+        assert sel.tau == pytest.approx(paper_tau(seen))
+    assert modes[0] and not modes[-1]  # starts uniform (tau = 0), ends importance-sampling
+
+
+def test_uniform_scores_never_switch_it_on():
+    n = 16
+    flat = torch.ones(n)
+    sel = FixedScores([flat] * 100, filter_ratio=0.75, variance_reduction=True, seed=0)
+    batch = Batch(torch.arange(n), torch.zeros(n, 1), torch.zeros(n, dtype=torch.long))
+    assert all(sel.select(batch, None).weights is None for _ in range(100))
+    assert sel.tau == pytest.approx(1 - 0.9**100)  # tau -> 1: no variance to reduce
+
+
+def test_tau_is_part_of_the_selector_state():
+    sel = ImportanceSampling(variance_reduction=True)
+    sel.tau = 1.7
+    other = ImportanceSampling(variance_reduction=True)
+    other.load_state_dict(sel.state_dict())
+    assert other.tau == 1.7

@@ -10,9 +10,22 @@ or, with `score: loss`, the loss itself (the paper's loss-based baseline).
 
 The selector contract holds unique positions, so a sample drawn c_i times appears once with weight
 (k / b) * c_i * w_i, k the number of distinct samples: the trainer's mean of weight * loss over the
-k kept samples is then exactly (1 / b) * sum over the draws of w * loss. Not implemented: the
-paper's switch that samples uniformly until its estimated variance reduction tau exceeds tau_th
-(it would need the presample's gradient norms at every step; every batch here is importance-sampled).
+k kept samples is then exactly (1 / b) * sum over the draws of w * loss.
+
+`variance_reduction: true` adds the paper's switch (Algorithm 1, as the authors'
+`ConditionalStartSampler` with `VarianceReductionCondition` runs it): train on b uniformly drawn
+samples of the candidate batch (unweighted) until an exponential moving average tau of the
+estimated variance reduction exceeds tau_th, and importance-sample from then on while it does.
+After each batch, tau <- a tau + (1 - a) / sqrt(1 - ||g - u||^2 / ||g||^2), g the scores
+normalised to sum 1 and u = 1/n, over the presample's B scores when importance-sampling and over
+the b trained samples' scores otherwise; tau starts at 0, a = `tau_momentum` (0.9), and tau_th is
+Eq. 29's (B + 3b) / (3b) unless given. (The estimate equals sqrt(n ||g||^2), since
+||g - u||^2 = ||g||^2 - 1/n; on a uniform step n = b, so tau never exceeds sqrt(b) there: with a
+trained batch of a few samples the switch cannot turn on.) One difference in cost, not in numbers: the uniform steps
+read the b samples' scores from the selector's eval-mode forward of the whole candidate batch,
+where the paper reuses its training forward of the b samples. Off by default, so every batch is
+importance-sampled (the sampler the paper's experiments compare, and this selector's behaviour
+before the switch existed).
 """
 
 from __future__ import annotations
@@ -31,13 +44,26 @@ class ImportanceSampling(Selector):
     name = "importance"
     style = ("#6699CC", "2")  # colour and marker in every figure (report/style.py)
 
-    def __init__(self, score: str = "upper_bound", **common):
+    def __init__(
+        self,
+        score: str = "upper_bound",
+        variance_reduction: bool = False,
+        tau_th: float | None = None,
+        tau_momentum: float = 0.9,
+        **common,
+    ):
         super().__init__(**common)
         if score not in SCORES:
             raise ConfigError(
                 f"selector.score must be one of {SCORES} for selector=importance, got {score!r}"
             )
+        if not 0.0 <= float(tau_momentum) < 1.0:
+            raise ConfigError(f"selector.tau_momentum must be in [0, 1), got {tau_momentum}")
         self.score = score
+        self.variance_reduction = bool(variance_reduction)
+        self.tau_th = None if tau_th is None else float(tau_th)
+        self.tau_momentum = float(tau_momentum)
+        self.tau = 0.0  # the moving average of the estimated variance reduction
 
     def scores(self, batch: Batch, view: BatchView) -> Tensor:
         if self.score == "loss":
@@ -56,6 +82,44 @@ class ImportanceSampling(Selector):
         w = 1.0 / (n * p[positions])  # 1 / (B p_i): unbiased for the candidate batch's mean
         return positions, (len(positions) / b) * counts[positions] * w
 
+    def threshold(self, n: int) -> float:
+        """Eq. 29: importance sampling pays off once tau > (B + 3b) / (3b)."""
+        b = self.keep_count(n)
+        return self.tau_th if self.tau_th is not None else (n + 3 * b) / (3 * b)
+
+    def update_tau(self, scores: Tensor) -> None:
+        self.tau = self.tau_momentum * self.tau + (1 - self.tau_momentum) * variance_reduction(
+            scores
+        )
+
     def choose(self, batch: Batch, view: BatchView):
-        positions, weights = self.draw(self.scores(batch, view))
-        return positions, {"distinct_frac": len(positions) / len(batch)}, weights
+        if self.variance_reduction and self.tau <= self.threshold(len(batch)):
+            positions = self.uniform(len(batch), self.keep_count(len(batch)))
+            self.update_tau(self.scores(batch, view)[positions.to(batch.y.device)])
+            return positions, {"distinct_frac": len(positions) / len(batch), "tau": self.tau,
+                               "importance_on": 0.0}  # fmt: skip
+        scores = self.scores(batch, view)
+        positions, weights = self.draw(scores)
+        diagnostics = {"distinct_frac": len(positions) / len(batch)}
+        if self.variance_reduction:
+            self.update_tau(scores)
+            diagnostics.update(tau=self.tau, importance_on=1.0)
+        return positions, diagnostics, weights
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "tau": self.tau}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.tau = float(state.get("tau", 0.0))
+
+
+def variance_reduction(scores: Tensor) -> float:
+    """1 / sqrt(1 - ||g - u||^2 / ||g||^2) for g = scores / sum(scores), u = 1 / n: the estimated
+    factor by which importance sampling reduces the gradient variance (1 for uniform scores)."""
+    scores = scores.double().cpu().clamp_min(0)
+    if scores.sum() <= 0:
+        return 1.0
+    g = scores / scores.sum()
+    u = 1.0 / len(g)
+    return float(1.0 / torch.sqrt(1 - ((g - u) ** 2).sum() / (g**2).sum()))
