@@ -200,9 +200,14 @@ def test_a_cache_that_cannot_be_written_is_a_warning_not_a_lost_run(make_cfg, tm
 # ------------------------------------------------------------------ signals
 
 
+# Long enough that the signal, sent early in epoch 2, always lands while the run trains: with 4
+# epochs of this model a fast machine finished the run before the signal arrived (killed, -15).
+SIGNALLED_EPOCHS = 40
+
+
 def _cli_args(run_dir: Path) -> list[str]:
     return [str(BIN / "saln-train"), "logger=none", "trainer.progress=false", *SMALL,
-            "trainer.epochs=4", f"hydra.run.dir={run_dir}"]  # fmt: skip
+            f"trainer.epochs={SIGNALLED_EPOCHS}", f"hydra.run.dir={run_dir}"]  # fmt: skip
 
 
 def _wait_for_epochs(path: Path, n: int, proc: subprocess.Popen, timeout: float = 300) -> None:
@@ -252,7 +257,7 @@ def test_a_signal_stops_the_run_with_a_checkpoint_and_one_line(tmp_path, signum)
 def test_a_killed_sweep_still_writes_sweep_json(tmp_path):
     sweep = tmp_path / "sweep"
     args = [str(BIN / "saln-train"), "-m", "logger=none", "trainer.progress=false", *SMALL,
-            "trainer.epochs=6", "seed=0,1", f"hydra.sweep.dir={sweep}"]  # fmt: skip
+            f"trainer.epochs={SIGNALLED_EPOCHS}", "seed=0,1", f"hydra.sweep.dir={sweep}"]  # fmt: skip
     proc = subprocess.Popen(args, env={**os.environ, "WANDB_MODE": "disabled"},
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
     _wait_for_epochs(sweep / "0" / rundir.METRICS, 1, proc)
