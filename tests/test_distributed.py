@@ -144,6 +144,18 @@ def _pid_of_rank(token: str, rank: int) -> int | None:
     return None
 
 
+def _start_until_checkpoint(command: list[str], run_dir: Path, env: dict) -> subprocess.Popen:
+    """Start a run in the background and return once it has written its first checkpoint."""
+    proc = subprocess.Popen(
+        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    deadline = time.monotonic() + 120
+    while not (run_dir / CHECKPOINT).exists() and proc.poll() is None:
+        assert time.monotonic() < deadline, "no checkpoint written"
+        time.sleep(0.02)
+    return proc
+
+
 @pytest.mark.slow
 def test_kill_9_of_one_rank_ends_the_run_and_a_rerun_resumes(tmp_path: Path):
     overrides = ["selector=topk_loss", "trainer.epochs=30", "trainer.checkpoint_every_steps=7"]
@@ -151,14 +163,7 @@ def test_kill_9_of_one_rank_ends_the_run_and_a_rerun_resumes(tmp_path: Path):
 
     run_dir, token = tmp_path / "killed", uuid.uuid4().hex
     command = _command(run_dir, *overrides, procs=2)
-    proc = subprocess.Popen(
-        command, env=_env(SALN_TEST_TOKEN=token), stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
-    deadline = time.monotonic() + 120
-    while not (run_dir / CHECKPOINT).exists() and proc.poll() is None:
-        assert time.monotonic() < deadline, "no checkpoint written"
-        time.sleep(0.02)
+    proc = _start_until_checkpoint(command, run_dir, _env(SALN_TEST_TOKEN=token))
     pid = _pid_of_rank(token, rank=1)
     assert pid is not None and proc.poll() is None, "the run ended before a rank could be killed"
     os.kill(pid, signal.SIGKILL)
@@ -176,14 +181,7 @@ def test_sigterm_to_torchrun_stops_every_rank_after_the_same_batch_and_resumes(t
     overrides = ["selector=topk_loss", "trainer.epochs=20"]
     _run(tmp_path / "whole", *overrides, procs=2)
     run_dir = tmp_path / "stopped"
-    proc = subprocess.Popen(
-        _command(run_dir, *overrides, procs=2), env=_env(), stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
-    deadline = time.monotonic() + 120
-    while not (run_dir / CHECKPOINT).exists() and proc.poll() is None:
-        assert time.monotonic() < deadline, "no checkpoint written"
-        time.sleep(0.02)
+    proc = _start_until_checkpoint(_command(run_dir, *overrides, procs=2), run_dir, _env())
     assert proc.poll() is None, "the run ended before it could be stopped"
     proc.send_signal(signal.SIGTERM)  # torchrun forwards it to every rank
     output, _ = proc.communicate(timeout=120)
