@@ -192,8 +192,12 @@ class WandbRun:
         self._guard("finish", lambda: self.run.finish(exit_code=1 if failed else 0))
         self.run = None
         if offline:
-            # every offline part of this run (one per resume), oldest first
-            parts = sorted(run_dir.glob(f"wandb/offline-run-*-{run_id}"))
+            # every offline part of this run (one per resume), oldest first; W&B adds "-1", "-2"
+            # to a part that starts in the same second as an earlier one
+            parts = sorted(
+                {*run_dir.glob(f"wandb/offline-run-*-{run_id}"),
+                 *run_dir.glob(f"wandb/offline-run-*-{run_id}-*")}
+            )  # fmt: skip
             log.warning("W&B run saved offline; upload it with: wandb sync %s",
                         " ".join(str(p) for p in parts))  # fmt: skip
 

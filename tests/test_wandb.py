@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 
 import pytest
@@ -122,7 +123,10 @@ def test_an_unreachable_server_falls_back_to_offline_quickly_and_says_how_to_syn
         hints += [r.getMessage() for r in caplog.records if "wandb sync" in r.getMessage()]
     parts = sorted((run_dir / "wandb").glob("offline-run-*"))
     run_id = (run_dir / "wandb_id").read_text().strip()
-    assert len(parts) == 2 and all(p.name.endswith(run_id) for p in parts)
+    # a part started in the same second as the previous one is named ...-<id>-1 by W&B
+    assert len(parts) == 2 and all(
+        re.fullmatch(rf"offline-run-\d{{8}}_\d{{6}}-{run_id}(-\d+)?", p.name) for p in parts
+    ), parts
     assert len(hints) == 2 and all(str(p) in hints[-1] for p in parts)  # once per run, all parts
     for part in parts:
         info = run_info(next(part.glob("*.wandb")))
