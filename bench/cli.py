@@ -27,6 +27,7 @@ from bench import (
     saln_vs_paper,
     selective_backward,
     selector_cost,
+    streaming,
 )
 from bench.machine import load_average, machine_info
 from bench.results import SCHEMA_VERSION, merged_with_earlier, to_markdown, write
@@ -55,6 +56,7 @@ SECTIONS = (
     Section("memory", memory),
     Section("selective", selective_backward),
     Section("epochs", epochs),
+    Section("streaming", streaming),
 )
 SECTION_NAMES = tuple(s.name for s in SECTIONS)
 

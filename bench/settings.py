@@ -97,6 +97,10 @@ class Settings:
     # 6. epoch time of the ASSIST MNIST recipes on the real MNIST: (label, overrides, epochs,
     # also run with reuse off). The labels use the thesis' row names for ASSIST's filterings:
     # none, batchwise (selector=accuracy), epochwise (accuracy_epoch), epoch + batch.
+    # 7. a folder in memory vs streamed from its files
+    streaming_images: int = 4000
+    streaming_side: int = 96
+    streaming_workers: tuple[int, ...] = (0, 2)
     epoch_cases: tuple[tuple[str, tuple[str, ...], int, bool], ...] = (
         ("FCNet100, none", (*FCNET_4_5, "model.hidden=100", "selector=none"), 4, True),
         ("FCNet100, batchwise", (*FCNET_4_5, "model.hidden=100", "selector=accuracy"), 4, True),
@@ -173,4 +177,7 @@ def quick_settings() -> Settings:
         epoch_cases=(
             ("FCNet100, none", (*FCNET_4_5, "model.hidden=100", "selector=none"), 2, True),
         ),
+        streaming_images=60,
+        streaming_side=16,
+        streaming_workers=(0,),
     )

@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 # dataset keys that never change a sample or its label
-NEVER_CONTENT = ("batch_size", "download")
+NEVER_CONTENT = ("batch_size", "download", "storage", "workers", "max_decoded_gib")
 # dataset keys that only choose which samples a split holds, or relabel them: an entry computed
 # from the images alone (pretrained features of every sample) does not depend on them
 SELECTS_OR_RELABELS = ("val_fraction", "split_seed", "label_noise", "augment")

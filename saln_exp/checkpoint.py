@@ -23,6 +23,7 @@ LATEST, PREVIOUS = CHECKPOINT, PREVIOUS_CHECKPOINT
 RESUMABLE_CHANGES = (
     "paths", "resume", "logger", "tags", "metric", "trainer.progress", "trainer.epochs",
     "trainer.log_every_steps", "trainer.checkpoint", "trainer.checkpoint_every_steps", "eval.batch_size",
+    "dataset.storage", "dataset.workers",  # where the pixels come from, not which
     "selector_choice", "paper_rows",  # labels for the report, not settings (older runs lack them)
 )  # fmt: skip
 

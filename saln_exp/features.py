@@ -97,12 +97,14 @@ def extract(
     total = sum(len(s) for s in splits)
     with tqdm(total=total, desc="extracting features", leave=False, disable=None) as bar:
         for split in splits:
-            for start in range(0, len(split), batch_size):
-                x = split.images[start : start + batch_size].to(device)
-                feats = embed(backbone, x, size)
+            chunks = [
+                slice(start, start + batch_size) for start in range(0, len(split), batch_size)
+            ]
+            for chunk, x in zip(chunks, split.read_batches(chunks), strict=True):
+                feats = embed(backbone, x.to(device), size)
                 if out is None:
                     out = torch.zeros(n_rows, feats.shape[1], device=device)
-                out[split.indices[start : start + batch_size]] = feats
+                out[split.indices[chunk]] = feats
                 bar.update(len(x))
     assert out is not None
     return out

@@ -42,9 +42,9 @@ def fit(
         range(settings["epochs"]), desc=desc, leave=False, disable=None if progress else True
     ):
         order = positions[torch.randperm(len(positions), generator=generator).to(device)]
-        for start in range(0, len(order), bs):
-            pos = order[start : start + bs]
-            logits = model(data.pipeline.batch(split, pos, train=True)).float()
+        chunks = [order[start : start + bs] for start in range(0, len(order), bs)]
+        for pos, x in zip(chunks, data.pipeline.batches(split, chunks, train=True), strict=True):
+            logits = model(x).float()
             loss = F.cross_entropy(logits, split.targets[pos])
             if not torch.isfinite(loss):
                 raise NonFiniteLossError(

@@ -68,14 +68,12 @@ def per_sample_outputs(
     was_training = model.training
     model.eval()
     n = len(split) if positions is None else len(positions)
+    chunks = [
+        slice(start, start + batch_size) if positions is None else positions[start : start + batch_size]
+        for start in range(0, n, batch_size)
+    ]  # fmt: skip
     losses, preds, logits_all = [], [], []
-    for start in range(0, n, batch_size):
-        pos = (
-            slice(start, start + batch_size)
-            if positions is None
-            else positions[start : start + batch_size]
-        )
-        x = pipeline.batch(split, pos, train=False)
+    for pos, x in zip(chunks, pipeline.batches(split, chunks, train=False), strict=True):
         y = split.targets[pos]
         logits = model(x).float()
         losses.append(F.cross_entropy(logits, y, reduction="none"))

@@ -49,18 +49,28 @@ def generator(seed: int, stream: str) -> torch.Generator:
 
 
 @contextmanager
-def isolated(seed: int, device: torch.device | None = None) -> Iterator[None]:
-    """Seed torch (CPU and the device's CUDA stream), numpy and python's random inside; restore all
-    of them outside, so whatever runs inside (a side model's initialisation) leaves the learner's
-    streams exactly where they were."""
+def preserved(device: torch.device | None = None) -> Iterator[None]:
+    """Whatever runs inside leaves torch's (CPU and the device's CUDA), numpy's and python's
+    global random streams where they were. Reading data runs inside: a DataLoader draws its
+    workers' base seed from torch's global generator, so a first, decoding run would otherwise
+    initialise the model differently from a later run that reads the decode cache."""
     devices = [device.index or 0] if device is not None and device.type == "cuda" else []
     np_state, py_state = np.random.get_state(), random.getstate()
     try:
         with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(seed)
-            np.random.seed(seed % 2**32)
-            random.seed(seed)
             yield
     finally:
         np.random.set_state(np_state)
         random.setstate(py_state)
+
+
+@contextmanager
+def isolated(seed: int, device: torch.device | None = None) -> Iterator[None]:
+    """Seed torch (CPU and the device's CUDA stream), numpy and python's random inside; restore all
+    of them outside, so whatever runs inside (a side model's initialisation) leaves the learner's
+    streams exactly where they were."""
+    with preserved(device):
+        torch.manual_seed(seed)
+        np.random.seed(seed % 2**32)
+        random.seed(seed)
+        yield

@@ -31,6 +31,11 @@ class Interrupted(BaseException):
         super().__init__(self.signal_name)
 
 
+class ReaderStopped(Interrupted):
+    """The signal also ended the workers decoding the next batch, before it was read: nothing of
+    that batch has happened, so the trainer checkpoints before it and stops."""
+
+
 @dataclass
 class StopState:
     requested: int | None = None  # the signal number, once one arrived

@@ -24,7 +24,7 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
-from saln_exp import PROJECT_ROOT, distributed
+from saln_exp import PROJECT_ROOT, distributed, rng
 from saln_exp.checkpoint import Checkpoints, check_same_run
 from saln_exp.config import resolve_device, validate
 from saln_exp.console import print_run_summary
@@ -96,7 +96,8 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     log.info("run %s: %s + %s + %s on %s, %d torch thread(s) (%s)%s", run_dir, cfg.dataset.name,
              cfg.model.name, cfg.selector.name, device, threads, source, processes)  # fmt: skip
     selector = build_selector(cfg.selector, seed)  # option errors surface before data is read
-    data = build_data(cfg.dataset, cfg.paths, device)
+    with rng.preserved(device):  # reading (or decoding) data moves no random stream
+        data = build_data(cfg.dataset, cfg.paths, device)
     data, prune_record = prune_dataset(cfg, data, device, run_dir)
     model = build_model(cfg.model, data.in_shape, data.num_classes).to(device)
     if cfg.trainer.get("channels_last"):

@@ -15,6 +15,7 @@ import logging
 import math
 import signal
 import time
+from collections.abc import Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass
 from functools import partial
@@ -208,23 +209,37 @@ class Trainer:
         size = self.settings.candidate_batch_size
         n_batches = -(-len(p.order) // size)
         every = self.settings.checkpoint_every_steps
+        chunks = [
+            p.order[i * size : (i + 1) * size].to(self.device) for i in range(p.cursor, n_batches)
+        ]
+        # the one reader of the epoch's candidate batches (a streamed split decodes ahead)
+        inputs = self.data.pipeline.batches(self.data.train, chunks, train=True)
         bar = self.progress_bar(n_batches)
-        while p.cursor < n_batches:
-            steps_before = p.steps
-            self.candidate_batch(p.order[p.cursor * size : (p.cursor + 1) * size].to(self.device))
-            p.cursor += 1
-            bar.update(1)
-            if p.cursor % self.settings.log_every_steps == 0 or p.cursor == n_batches:
-                self.flush()
-                bar.set_postfix(p.epoch_stats.live_numbers(), refresh=False)
-            if every and p.steps // every > steps_before // every and p.cursor < n_batches:
-                self.save_checkpoint()
-            if self.stop_requested() and p.cursor < n_batches:
-                if self.settings.checkpoint:
+        try:
+            for positions in chunks:
+                steps_before = p.steps
+                try:
+                    self.candidate_batch(positions, inputs)
+                except stop.ReaderStopped:
+                    # one process: a clean point, before this batch. Several: the ranks may not
+                    # all be here, so they resume from the last checkpoint instead
+                    if self.settings.checkpoint and not self.world.active:
+                        self.save_checkpoint()
+                    raise
+                p.cursor += 1
+                bar.update(1)
+                if p.cursor % self.settings.log_every_steps == 0 or p.cursor == n_batches:
+                    self.flush()
+                    bar.set_postfix(p.epoch_stats.live_numbers(), refresh=False)
+                if every and p.steps // every > steps_before // every and p.cursor < n_batches:
                     self.save_checkpoint()
-                bar.close()
-                stop.check()
-        bar.close()
+                if self.stop_requested() and p.cursor < n_batches:
+                    if self.settings.checkpoint:
+                        self.save_checkpoint()
+                    stop.check()
+        finally:
+            bar.close()
+            inputs.close()  # a streamed epoch cut short shuts its decoding workers down now
         p.order = None
         p.epoch += 1
 
@@ -264,17 +279,15 @@ class Trainer:
             dynamic_ncols=True,
         )
 
-    def candidate_batch(self, positions: Tensor) -> None:
+    def candidate_batch(self, positions: Tensor, inputs: Iterator[Tensor]) -> None:
+        """Select from, and train on, the candidate batch at `positions` of the training split;
+        `inputs` yields its model inputs (`pipeline.batches` over the epoch's batches)."""
         train, s, p = self.data.train, self.settings, self.progress
         stats = p.epoch_stats
         with self.timers("train"):  # reading and augmenting the batch is part of training
             # several processes: every rank reads the whole candidate batch (the same augmented
             # tensors, from the same random streams); only forwards and backwards are shared out
-            batch = Batch(
-                train.indices[positions],
-                self.data.pipeline.batch(train, positions, train=True),
-                train.targets[positions],
-            )
+            batch = Batch(train.indices[positions], next(inputs), train.targets[positions])
             if s.channels_last and batch.x.dim() == 4:
                 batch.x = batch.x.contiguous(memory_format=torch.channels_last)
         if self.world.active and self.selector.scope == "local":

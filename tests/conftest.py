@@ -57,6 +57,19 @@ def compose_cfg(tmp_path: Path, *overrides: str) -> DictConfig:
 
 
 @pytest.fixture
+def count_opens(monkeypatch):
+    """Every PIL.Image.open, to see what a load decodes (a cache hit opens nothing)."""
+    import PIL.Image
+
+    opened = []
+    real_open = PIL.Image.open
+    monkeypatch.setattr(
+        PIL.Image, "open", lambda *a, **k: opened.append(a[0]) or real_open(*a, **k)
+    )
+    return opened
+
+
+@pytest.fixture
 def make_cfg(tmp_path):
     return lambda *overrides: compose_cfg(tmp_path, *overrides)
 

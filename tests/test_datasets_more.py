@@ -76,17 +76,6 @@ def no_svhn_md5(monkeypatch):
     monkeypatch.setattr(tv_svhn, "check_integrity", lambda fpath, md5=None: os.path.isfile(fpath))
 
 
-@pytest.fixture
-def count_opens(monkeypatch):
-    """Every PIL.Image.open, to see what a load decodes (a cache hit opens nothing)."""
-    opened = []
-    real_open = PIL.Image.open
-    monkeypatch.setattr(
-        PIL.Image, "open", lambda *a, **k: opened.append(a[0]) or real_open(*a, **k)
-    )
-    return opened
-
-
 def one_line(err: pytest.ExceptionInfo) -> str:
     message = str(err.value)
     assert "\n" not in message, message
@@ -210,6 +199,98 @@ def test_svhn_missing_names_the_folder_and_the_download(make_cfg):
     line = one_line(err)
     assert "svhn not found" in line and "svhn/train_32x32.mat" in line
     assert f"paths.data_dir={cfg.paths.data_dir}" in line
+
+
+def nchw(x: np.ndarray) -> torch.Tensor:
+    """A written X (height x width x channel x sample) as the N x 3 x 32 x 32 the loader gives."""
+    return torch.from_numpy(x).permute(3, 2, 0, 1)
+
+
+def test_svhn_extra_appends_the_extra_split_after_train(make_cfg, no_svhn_md5):
+    from saln_exp.config import validate
+
+    cfg = make_cfg("dataset=svhn", "dataset.extra=true")
+    validate(cfg)  # a key of conf/dataset/svhn.yaml, so no "unknown key"
+    written = write_svhn(Path(cfg.paths.data_dir), {"train": 9, "test": 5, "extra": 7}, seed=3)
+    (train_x, train_y), (extra_x, extra_y) = written["train"], written["extra"]
+    data = build_data(cfg.dataset, cfg.paths)
+    assert len(data.train) == 16 and data.train.images.is_contiguous()
+    # train first, then extra: positions 0..8 are train's, 9..15 extra's
+    assert torch.equal(data.train.images[:9], nchw(train_x))
+    assert torch.equal(data.train.images[9:], nchw(extra_x))
+    assert torch.equal(data.train.targets[:9], torch.from_numpy(train_y % 10).long())
+    assert torch.equal(data.train.targets[9:], torch.from_numpy(extra_y % 10).long())
+    assert data.train.targets[9] == 0 and data.train.targets[10] == 1  # extra's 10 and 1
+    assert torch.equal(data.train.indices, torch.arange(16))
+    test_x, test_y = written["test"]
+    assert torch.equal(data.test.images, nchw(test_x))
+    assert torch.equal(data.test.targets, torch.from_numpy(test_y % 10).long())
+    # the train split's statistics, not recomputed over train+extra
+    torch.testing.assert_close(data.pipeline.mean.flatten(), torch.tensor([0.4377, 0.4438, 0.4728]))
+    torch.testing.assert_close(data.pipeline.std.flatten(), torch.tensor([0.1980, 0.2010, 0.1970]))
+    # validation is carved from train+extra like any training split
+    with open_dict(cfg):
+        cfg.dataset.val_fraction = 0.25
+    data = build_data(cfg.dataset, cfg.paths)
+    assert len(data.val) == 4 and len(data.train) == 12
+    every = torch.cat((data.train.indices, data.val.indices)).sort().values
+    assert torch.equal(every, torch.arange(16))
+    source = torch.cat((nchw(train_x), nchw(extra_x)))
+    for split in (data.train, data.val):
+        assert torch.equal(split.images, source[split.indices])
+
+
+def test_svhn_without_extra_never_opens_the_extra_file(make_cfg, no_svhn_md5, monkeypatch):
+    cfg = make_cfg("dataset=svhn")
+    assert cfg.dataset.extra is False  # the default
+    written = write_svhn(Path(cfg.paths.data_dir), {"train": 9, "test": 5, "extra": 7})
+    extra = Path(cfg.paths.data_dir) / "svhn" / "extra_32x32.mat"
+    extra.write_bytes(b"MATLAB? no" * 30)  # opening it would fail
+    opened = []
+    real_loadmat = scipy.io.loadmat
+    monkeypatch.setattr(
+        scipy.io, "loadmat", lambda f, *a, **k: opened.append(str(f)) or real_loadmat(f, *a, **k)
+    )
+    data = build_data(cfg.dataset, cfg.paths)
+    assert sorted(Path(f).name for f in opened) == ["test_32x32.mat", "train_32x32.mat"]
+    assert torch.equal(data.train.images, nchw(written["train"][0]))
+
+
+def test_svhn_extra_missing_names_the_file_and_the_download(make_cfg, no_svhn_md5):
+    cfg = make_cfg("dataset=svhn", "dataset.extra=true")
+    write_svhn(Path(cfg.paths.data_dir))  # train and test only
+    with pytest.raises(DataMissingError) as err:
+        build_data(cfg.dataset, cfg.paths)
+    line = one_line(err)
+    assert "svhn not found" in line and "svhn/extra_32x32.mat" in line
+    assert (
+        "saln-train dataset=svhn dataset.extra=true dataset.download=true "
+        f"paths.data_dir={cfg.paths.data_dir}"
+    ) in line
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "no_X", "wrong_shape", "label_11"])
+def test_svhn_damaged_extra_is_one_line_naming_it(make_cfg, no_svhn_md5, damage):
+    cfg = make_cfg("dataset=svhn", "dataset.extra=true")
+    write_svhn(Path(cfg.paths.data_dir), {"train": 9, "test": 5, "extra": 7})
+    path = Path(cfg.paths.data_dir) / "svhn" / "extra_32x32.mat"
+    if damage == "truncated":
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    elif damage == "garbage":
+        path.write_bytes(b"MATLAB? no" * 30)
+    elif damage == "no_X":
+        scipy.io.savemat(path, {"images": np.zeros((32, 32, 3, 2), np.uint8), "y": np.ones((2, 1))})
+    elif damage == "wrong_shape":
+        scipy.io.savemat(path, {"X": np.zeros((16, 16, 3, 2), np.uint8), "y": np.ones((2, 1))})
+    else:
+        scipy.io.savemat(
+            path, {"X": np.zeros((32, 32, 3, 2), np.uint8), "y": np.array([[1], [11]])}
+        )
+    with pytest.raises(DataCorruptError) as err:
+        build_data(cfg.dataset, cfg.paths)
+    line = one_line(err)
+    assert str(path) in line
+    assert "dataset=svhn dataset.extra=true dataset.download=true" in line
 
 
 # ---------------------------------------------------------------- CINIC-10
@@ -483,7 +564,12 @@ def test_imagefolder_layout_errors_are_one_line_naming_the_folder(make_cfg):
 
 
 def test_imagefolder_over_the_memory_threshold_is_refused_before_decoding(make_cfg, count_opens):
-    cfg = make_folder_cfg(make_cfg, "dataset.max_decoded_gib=0.000001", "dataset.image_size=64")
+    cfg = make_folder_cfg(
+        make_cfg,
+        "dataset.storage=memory",
+        "dataset.max_decoded_gib=0.000001",
+        "dataset.image_size=64",
+    )
     root = Path(cfg.paths.data_dir) / "imagefolder"
     write_folder(root / "train", {"a": 2, "b": 2})
     write_folder(root / "test", {"a": 1, "b": 1})
@@ -491,8 +577,8 @@ def test_imagefolder_over_the_memory_threshold_is_refused_before_decoding(make_c
     with pytest.raises(ConfigError) as err:
         build_data(cfg.dataset, cfg.paths)
     line = one_line(err)
-    assert "6 images at 3x64x64 decode to 0.1 MiB, over dataset.max_decoded_gib=1e-06" in line
-    assert "lower dataset.image_size" in line and "streaming" in line
+    assert "6 images at 3x64x64 decode to 72.0 KiB, over dataset.max_decoded_gib=1e-06" in line
+    assert "lower dataset.image_size" in line and "dataset.storage=auto to stream" in line
     assert count_opens == []  # refused before any decode
     assert folder_module.decoded_bytes(6, 3, 64) == 6 * 3 * 64 * 64
 

@@ -7,6 +7,7 @@ label noise, moving to the device, batch augmentation) happens here, once, for a
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -16,6 +17,7 @@ from sklearn.model_selection import train_test_split
 from torch import Tensor, nn
 
 from saln_exp.data.noise import corrupt_labels
+from saln_exp.data.stream import ImageFiles
 from saln_exp.errors import ConfigError
 
 
@@ -24,13 +26,18 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+Images = Tensor | ImageFiles  # decoded pixels, or the files they stream from (data/stream.py)
+Positions = Tensor | slice
+
+
 @dataclass
 class SourceData:
-    """A dataset as read from disk: images not normalised (uint8 0-255 or float 0-1)."""
+    """A dataset as read from disk: images not normalised (uint8 0-255 or float 0-1), or the
+    files of a folder too large to decode into memory."""
 
-    train_images: Tensor
+    train_images: Images
     train_targets: Tensor
-    test_images: Tensor
+    test_images: Images
     test_targets: Tensor
     num_classes: int
     mean: tuple[float, ...]
@@ -47,10 +54,14 @@ NORMALISED_CACHE_BYTES = 2 * 2**30
 
 @dataclass
 class Split:
-    """One split as tensors. `indices` is each sample's index in its source split: reference
-    losses, cached features and forgetting counts are keyed by it."""
+    """One split: images, labels, and `indices`, each sample's index in its source split
+    (reference losses, cached features and forgetting counts are keyed by it).
 
-    images: Tensor
+    The images are a tensor (on the training device), or the files of a streamed folder: read
+    them through `read` / `read_batches` (or the pipeline's `batch` / `batches`), which give
+    tensors on the labels' device either way."""
+
+    images: Images
     targets: Tensor
     indices: Tensor
     normalised: Tensor | None = field(default=None, repr=False, compare=False)
@@ -58,12 +69,50 @@ class Split:
     def __len__(self) -> int:
         return len(self.targets)
 
+    @property
+    def streamed(self) -> bool:
+        return isinstance(self.images, ImageFiles)
+
     def to(self, device: torch.device) -> Split:
-        return Split(self.images.to(device), self.targets.to(device), self.indices.to(device))
+        images = self.images if self.streamed else self.images.to(device)
+        return Split(images, self.targets.to(device), self.indices.to(device))
 
     def take(self, positions: Tensor | np.ndarray) -> Split:
         positions = torch.as_tensor(positions, dtype=torch.long, device=self.targets.device)
-        return Split(self.images[positions], self.targets[positions], self.indices[positions])
+        return Split(
+            take_rows(self.images, positions), self.targets[positions], self.indices[positions]
+        )
+
+    def read(self, positions: Positions) -> Tensor:
+        """The raw images at `positions` (a tensor of positions or a slice)."""
+        if not self.streamed:
+            return self.images[positions]
+        return self.images.read(positions).to(self.targets.device)
+
+    def read_batches(self, chunks: Iterable[Positions]) -> Iterator[Tensor]:
+        """The raw images of each chunk of positions, in order: files stream in DataLoader
+        workers, decoded ahead of the device."""
+        if not self.streamed:
+            return (self.images[chunk] for chunk in chunks)
+        device = self.targets.device
+        pin = device.type == "cuda"
+        return (x.to(device, non_blocking=pin) for x in self.images.batches(chunks, pin))
+
+
+def cat_rows(parts: list[Images]) -> Images:
+    """The rows of `parts` one after the other (pixels, or the files of a streamed split)."""
+    if len(parts) == 1:
+        return parts[0]
+    if isinstance(parts[0], ImageFiles):
+        return ImageFiles.concat(parts)
+    return torch.cat(parts)
+
+
+def take_rows(images: Images, positions: Tensor | np.ndarray) -> Images:
+    """`images[positions]` for pixels; the files at `positions` for a streamed split."""
+    if isinstance(images, ImageFiles):
+        return images.subset(positions)
+    return images[torch.as_tensor(positions, dtype=torch.long, device=images.device)]
 
 
 @dataclass
@@ -113,21 +162,34 @@ class BatchPipeline(nn.Module):
         self.augment = augment
         self.cached_bytes = 0  # normalised split copies held (see `batch`)
 
-    def batch(self, split: Split, positions: Tensor | slice, train: bool) -> Tensor:
-        """Model inputs for `split[positions]`: `self(split.images[positions], train)`, read from
+    def batch(self, split: Split, positions: Positions, train: bool) -> Tensor:
+        """Model inputs for `split[positions]`: `self(split.read(positions), train)`, read from
         the split's normalised copy whenever no random augmentation applies to this batch."""
-        if train and self.augment is not None:
-            return self(split.images[positions], train=True)
-        cached = self._normalised(split)
-        if cached is None:
-            return self(split.images[positions], train=False)
-        return cached[positions]
+        cached = self._normalised(split, train)
+        if cached is not None:
+            return cached[positions]
+        return self(split.read(positions), train)
 
-    def _normalised(self, split: Split, chunk: int = 4096) -> Tensor | None:
-        """The whole split through the pipeline once (no augmentation), if it fits the budget."""
+    def batches(self, split: Split, chunks: Iterable[Positions], train: bool) -> Iterator[Tensor]:
+        """`batch` of each chunk of positions, in order, one at a time as it is asked for: the
+        way a loop over a whole split reads it (a streamed split decodes the next chunks in
+        workers meanwhile). Augmentation draws its randomness as the batch is asked for, so a
+        loop gets the same numbers as calling `batch` for each chunk."""
+        cached = self._normalised(split, train)
+        if cached is not None:
+            return (cached[chunk] for chunk in chunks)
+        return (self(x, train) for x in split.read_batches(chunks))
+
+    def _normalised(self, split: Split, train: bool, chunk: int = 4096) -> Tensor | None:
+        """The whole split through the pipeline once (no augmentation), if it fits the budget
+        and this batch is not randomly augmented."""
+        if train and self.augment is not None:
+            return None
         if split.normalised is not None:
             return split.normalised
-        if self.resize or split.images.numel() * 4 + self.cached_bytes > NORMALISED_CACHE_BYTES:
+        if split.streamed or self.resize:
+            return None
+        if split.images.numel() * 4 + self.cached_bytes > NORMALISED_CACHE_BYTES:
             return None
         # a plain tensor even when first asked for inside an inference_mode block (evaluation),
         # so training batches sliced from it can be saved for backward
@@ -166,7 +228,7 @@ def assemble(
 
     def source_split(positions: np.ndarray) -> Split:
         p = torch.as_tensor(positions, dtype=torch.long)
-        return Split(source.train_images[p], source.train_targets[p].clone(), p.clone())
+        return Split(take_rows(source.train_images, p), source.train_targets[p].clone(), p.clone())
 
     train = source_split(train_pos)
     val = source_split(val_pos) if val_pos is not None else None

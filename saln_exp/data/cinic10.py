@@ -3,7 +3,7 @@ CIFAR-10 and downsampled ImageNet, in the ImageFolder layout.
 
 `<data_dir>/CINIC-10/{train,valid,test}/<class>/*.png`, as the authors' `CINIC-10.tar.gz`
 unpacks. The PNGs are decoded once (torchvision's ImageFolder, in DataLoader workers) and cached
-as uint8 tensors under paths.cache_dir. `valid/` is read only with `train_on_valid: true`, which
+as uint8 tensors under paths.cache_dir (or streamed from the files: `storage`, see `folder`). `valid/` is read only with `train_on_valid: true`, which
 trains on train/ + valid/ (180 000 images) as the authors suggest; otherwise it is ignored and
 `val_fraction` carves validation from train/ as for every dataset. Normalised with the mean / std
 the authors publish in their README (github.com/BayesWatch/cinic-10). Augmentation policies as
@@ -19,7 +19,7 @@ from omegaconf import DictConfig
 
 from saln_exp.data import folder
 from saln_exp.data.augment import flip_crop_batched
-from saln_exp.data.base import IMAGENET_MEAN, IMAGENET_STD, SourceData
+from saln_exp.data.base import IMAGENET_MEAN, IMAGENET_STD, SourceData, cat_rows
 from saln_exp.data.cifar import POLICIES as CIFAR_POLICIES
 from saln_exp.errors import ConfigError, DataMissingError
 
@@ -52,16 +52,17 @@ def load(cfg: DictConfig, data_dir: str, cache_dir: str | None = None) -> Source
             )
     like = f"CINIC-10 ({', '.join(CLASSES)})"
     folders = {s: folder.open_split(root / s, "cinic10", CLASSES, like) for s in splits}
-    folder.check_budget("cinic10", sum(map(len, folders.values())), 3, 32, cfg.max_decoded_gib)
+    n_images = sum(map(len, folders.values()))
+    stream = folder.streams("cinic10", n_images, 3, 32, cfg.max_decoded_gib, str(cfg.storage))
     decoded = {
-        s: folder.decode(ds, "cinic10", s, 3, 32, cache_dir, int(cfg.workers))
+        s: folder.images_of(ds, "cinic10", s, 3, 32, cache_dir, int(cfg.workers), stream)
         for s, ds in folders.items()
     }
     train = [decoded[s] for s in splits if s != "test"]
     mean, std = (IMAGENET_MEAN, IMAGENET_STD) if policy == "saln" else (MEAN, STD)
     return SourceData(
-        train_images=torch.cat([x for x, _ in train]) if len(train) > 1 else train[0][0],
-        train_targets=torch.cat([y for _, y in train]) if len(train) > 1 else train[0][1],
+        train_images=cat_rows([x for x, _ in train]),
+        train_targets=torch.cat([y for _, y in train]),
         test_images=decoded["test"][0],
         test_targets=decoded["test"][1],
         num_classes=10,

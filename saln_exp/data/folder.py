@@ -7,10 +7,10 @@ image_size x image_size) runs in DataLoader workers, once: the tensors are cache
 `paths.cache_dir/datasets`, keyed by every file's path, size and modification time, so an edited
 folder is decoded again and never served stale pixels.
 
-The decoded dataset lives in memory (and on the device, like every dataset here): `check_budget`
-refuses one larger than `dataset.max_decoded_gib` before anything is decoded. Streaming from disk
-is not built: the trainer, evaluation, features, reference models and pruning all index
-`Split.images` as one in-memory tensor.
+A decoded dataset lives in memory (and on the device, like every dataset here). One whose uint8
+pixels exceed `dataset.max_decoded_gib` streams from its files instead (`dataset.storage: auto`,
+see `streams`): its splits hold the file paths (`stream.ImageFiles`) and every loop that reads
+them decodes its batches in DataLoader workers, ahead of the device.
 """
 
 from __future__ import annotations
@@ -20,23 +20,23 @@ import math
 import os
 from pathlib import Path
 
-import PIL.Image
+import logging
+
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import IMG_EXTENSIONS
-from torchvision.transforms import v2 as T
 from tqdm import tqdm
 
 from saln_exp.cache import StaleEntry, fingerprint, load_or_compute
+from saln_exp.data.stream import Decoder, ImageFiles, leave_signals_to_the_main_process, undecodable
 from saln_exp.errors import ConfigError, DataCorruptError
 from saln_exp.safe_load import load_plain
 
-# what PIL raises on a file it cannot decode: not an image (UnidentifiedImageError, an OSError),
-# truncated ("image file is truncated", OSError), a broken PNG chunk (SyntaxError, ValueError),
-# an absurd size (DecompressionBombError)
-UNDECODABLE = (OSError, SyntaxError, ValueError, PIL.Image.DecompressionBombError)
+log = logging.getLogger(__name__)
+STORAGES = ("auto", "memory", "stream")
+
 DECODE_BATCH = 256  # images per DataLoader batch while decoding
 
 
@@ -81,45 +81,39 @@ def decoded_bytes(n_images: int, channels: int, size: int) -> int:
     return n_images * channels * size * size
 
 
-def check_budget(name: str, n_images: int, channels: int, size: int, max_gib: float) -> None:
-    """Refuse, before decoding, a dataset whose uint8 pixels exceed `dataset.max_decoded_gib`."""
+def streams(name: str, n_images: int, channels: int, size: int, max_gib: float,
+            storage: str) -> bool:  # fmt: skip
+    """Whether the images stream from their files (True) or are decoded into memory once.
+
+    `auto` decodes into memory up to `max_decoded_gib` of uint8 pixels and streams above;
+    `memory` refuses a larger folder (one line, before decoding anything); `stream` always
+    streams."""
+    if storage not in STORAGES:
+        raise ConfigError(f"dataset.storage must be one of {list(STORAGES)}, got {storage!r}")
     needed = decoded_bytes(n_images, channels, size)
-    if needed > float(max_gib) * 2**30:
-        amount = (
-            f"{needed / 2**30:.1f} GiB" if needed >= 2**30 / 10 else f"{needed / 2**20:.1f} MiB"
-        )
+    over = needed > float(max_gib) * 2**30
+    unit = next(u for u in ((2**30, "GiB"), (2**20, "MiB"), (2**10, "KiB")) if needed >= u[0] / 10
+                or u[1] == "KiB")  # fmt: skip
+    amount = f"{needed / unit[0]:.1f} {unit[1]}"
+    what = f"{name}: {n_images} images at {channels}x{size}x{size} decode to {amount}"
+    if storage == "memory" and over:
         raise ConfigError(
-            f"{name}: {n_images} images at {channels}x{size}x{size} decode to "
-            f"{amount}, over dataset.max_decoded_gib={max_gib}; lower "
-            "dataset.image_size, or raise dataset.max_decoded_gib if this machine's memory (and "
-            "the GPU's) holds it twice over (streaming from disk is not supported)"
+            f"{what}, over dataset.max_decoded_gib={max_gib}; set dataset.storage=auto to stream "
+            "them from disk, lower dataset.image_size, or raise dataset.max_decoded_gib if this "
+            "machine's memory (and the GPU's) holds it twice over"
         )
+    if storage == "auto" and over:
+        log.info("%s, over dataset.max_decoded_gib=%s: streaming them from disk", what, max_gib)
+    return storage == "stream" or over
 
 
-class _Decoder(Dataset):
-    """One image file -> uint8 channels x size x size; a file that cannot be decoded gives zeros
-    and the reason (raised in the main process, naming the file, never as a worker traceback)."""
-
-    def __init__(self, paths: list[str], channels: int, size: int):
-        self.paths, self.channels, self.size = paths, channels, size
-        self.mode = "L" if channels == 1 else "RGB"
-        self.resize = T.Resize((size, size), antialias=True)
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, i: int) -> tuple[Tensor, str]:
-        try:
-            with PIL.Image.open(self.paths[i]) as image:
-                image = image.convert(self.mode)  # decodes the whole file
-            if image.size != (self.size, self.size):
-                image = self.resize(image)
-            return T.functional.pil_to_tensor(image), ""
-        except UNDECODABLE as err:
-            reason = str(err).splitlines()[0][:120] if str(err) else "unreadable"
-            return torch.zeros(self.channels, self.size, self.size, dtype=torch.uint8), (
-                f"{type(err).__name__}: {reason}"
-            )
+def images_of(ds: ImageFolder, name: str, split: str, channels: int, size: int,
+              cache_dir: str | None, workers: int, stream: bool) -> tuple[Tensor | ImageFiles, Tensor]:  # fmt: skip
+    """The images (decoded, or their files when they `stream`) and long [N] labels of `ds`."""
+    if stream:
+        files = ImageFiles([path for path, _ in ds.samples], channels, size, workers, name)
+        return files, torch.tensor(ds.targets, dtype=torch.long)
+    return decode(ds, name, split, channels, size, cache_dir, workers)
 
 
 def decode(ds: ImageFolder, name: str, split: str, channels: int, size: int,
@@ -134,18 +128,17 @@ def decode(ds: ImageFolder, name: str, split: str, channels: int, size: int,
         n_batches = math.ceil(len(paths) / DECODE_BATCH)
         n_workers = min(int(workers), os.cpu_count() or 1, n_batches) if n_batches > 1 else 0
         loader = DataLoader(
-            _Decoder(paths, channels, size), batch_size=DECODE_BATCH, num_workers=n_workers
-        )
+            Decoder(paths, channels, size), batch_size=DECODE_BATCH, num_workers=n_workers,
+            worker_init_fn=leave_signals_to_the_main_process,
+            generator=torch.Generator(),  # not torch's global one (see rng.preserved)
+        )  # fmt: skip
         start = 0
         for batch, errors in tqdm(
             loader, desc=f"decoding {name}/{split}", leave=False, disable=None
         ):
             bad = next((i for i, err in enumerate(errors) if err), None)
             if bad is not None:
-                raise DataCorruptError(
-                    f"{name}: {paths[start + bad]} cannot be read as an image ({errors[bad]}); "
-                    "replace or delete the file"
-                )
+                raise DataCorruptError(undecodable(name, paths[start + bad], errors[bad]))
             images[start : start + len(batch)] = batch
             start += len(batch)
         return images
@@ -179,27 +172,38 @@ def _matches(blob: object, targets: Tensor, channels: int, size: int) -> bool:
 
 def _cache_path(ds: ImageFolder, name: str, split: str, channels: int, size: int,
                 cache_dir: str) -> Path:  # fmt: skip
-    # keyed by every file's path, label, size and mtime: a replaced or edited image is decoded again
+    key = fingerprint({"files": files_digest(ds)}, {"channels": channels, "size": size})
+    return Path(cache_dir) / "datasets" / f"{name}_{split}_{channels}x{size}_{key}.pt"
+
+
+def files_digest(ds: ImageFolder) -> str:
+    """Every file's path, label, size and mtime: a replaced or edited image changes it."""
     files = hashlib.sha1(f"{os.path.abspath(ds.root)}\n".encode())
     for path, label in ds.samples:
         stat = os.stat(path)
         files.update(
             f"{os.path.relpath(path, ds.root)}\t{label}\t{stat.st_size}\t{stat.st_mtime_ns}\n".encode()
         )
-    key = fingerprint({"files": files.hexdigest()}, {"channels": channels, "size": size})
-    return Path(cache_dir) / "datasets" / f"{name}_{split}_{channels}x{size}_{key}.pt"
+    return files.hexdigest()
 
 
-def channel_stats(images: Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+def channel_stats(images: Tensor | ImageFiles) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Per-channel mean and (population) std of uint8 images [N, C, H, W], in [0, 1] units,
     accumulated in float64 over chunks of about 16 M values so a large split never doubles in
-    memory. A channel that barely varies gets std 1/255 (one grey level), not a division by ~0."""
+    memory (streamed files are decoded chunk by chunk). A channel that barely varies gets std
+    1/255 (one grey level), not a division by ~0."""
     n, channels, height, width = images.shape
     chunk = max(1, 2**24 // (channels * height * width))
+    starts = range(0, n, chunk)
+    if isinstance(images, ImageFiles):
+        batches = images.batches(slice(start, start + chunk) for start in starts)
+    else:
+        batches = (images[start : start + chunk] for start in starts)
     total = torch.zeros(channels, dtype=torch.float64)
     squares = torch.zeros(channels, dtype=torch.float64)
-    for start in range(0, n, chunk):
-        x = images[start : start + chunk].to(torch.float64).div_(255.0).transpose(0, 1).flatten(1)
+    for batch in tqdm(batches, total=len(starts), desc="image statistics", leave=False,
+                      disable=None if isinstance(images, ImageFiles) else True):  # fmt: skip
+        x = batch.to(torch.float64).div_(255.0).transpose(0, 1).flatten(1)
         total += x.sum(1)
         squares += x.square().sum(1)
     count = max(1, n * height * width)

@@ -7,22 +7,27 @@ grayscale with `channels: 1`) and resized (squashed, aspect not kept) to image_s
 once, at decode; the uint8 tensors are cached under paths.cache_dir (see `folder`). `mean` / `std`
 null: the per-channel statistics of the decoded training images (train/ less the carved test, the
 validation carve included); a list: used as given (e.g. ImageNet's for pretrained backbones).
-A folder whose pixels exceed `max_decoded_gib` is refused before decoding (one line with the
-size): streaming from disk is not supported.
+`storage: auto` streams a folder whose pixels exceed `max_decoded_gib` from its files instead of
+decoding it into memory (`memory` refuses it in one line, `stream` always streams; see `folder`).
 """
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
 import numpy as np
 import torch
 from omegaconf import DictConfig
+from torch import Tensor
+from torchvision.datasets import ImageFolder
 
 from saln_exp.data import folder
 from saln_exp.data.augment import flip_crop_batched, saln_pets_batched
-from saln_exp.data.base import SourceData, _stratified_split
+from saln_exp.cache import StaleEntry, fingerprint, load_or_compute
+from saln_exp.data.base import SourceData, _stratified_split, take_rows
+from saln_exp.data.stream import ImageFiles
 from saln_exp.errors import ConfigError, DataMissingError
 from saln_exp.rng import stream_seed
 
@@ -77,11 +82,17 @@ def load(cfg: DictConfig, data_dir: str, cache_dir: str | None = None) -> Source
         else None
     )
     n_images = len(train) + (len(test) if test is not None else 0)
-    folder.check_budget(cfg.name, n_images, channels, size, cfg.max_decoded_gib)
+    stream = folder.streams(
+        cfg.name, n_images, channels, size, cfg.max_decoded_gib, str(cfg.storage)
+    )
     workers = int(cfg.workers)
-    train_x, train_y = folder.decode(train, cfg.name, "train", channels, size, cache_dir, workers)
+
+    def images(ds, split: str):
+        return folder.images_of(ds, cfg.name, split, channels, size, cache_dir, workers, stream)
+
+    train_x, train_y = images(train, "train")
     if test is not None:
-        test_x, test_y = folder.decode(test, cfg.name, "test", channels, size, cache_dir, workers)
+        test_x, test_y = images(test, "test")
     else:
         if math.ceil(test_fraction * len(train_y)) >= len(train_y):
             raise ConfigError(
@@ -92,11 +103,11 @@ def load(cfg: DictConfig, data_dir: str, cache_dir: str | None = None) -> Source
         keep, held = _stratified_split(train_y.numpy(), test_fraction, seed)
         keep, held = torch.from_numpy(keep), torch.from_numpy(held)
         (train_x, train_y), (test_x, test_y) = (
-            (train_x[keep], train_y[keep]),
-            (train_x[held], train_y[held]),
+            (take_rows(train_x, keep), train_y[keep]),
+            (take_rows(train_x, held), train_y[held]),
         )
     if cfg.get("mean") is None:
-        mean, std = folder.channel_stats(train_x)
+        mean, std = train_statistics(cfg, train, train_x, cache_dir)
     else:
         mean, std = tuple(float(m) for m in cfg.mean), tuple(float(s) for s in cfg.std)
     policy = str(cfg.augment_policy)
@@ -110,6 +121,34 @@ def load(cfg: DictConfig, data_dir: str, cache_dir: str | None = None) -> Source
         std=std,
         augment=POLICIES[policy](size) if cfg.augment else None,
     )
+
+
+def train_statistics(cfg: DictConfig, train: ImageFolder, train_x: Tensor | ImageFiles,
+                     cache_dir: str | None) -> tuple[tuple[float, ...], tuple[float, ...]]:  # fmt: skip
+    """Per-channel mean / std of the training images. Streamed files take a full decoding pass:
+    the result is cached, keyed by the files and by what carves the test split from them."""
+    if not isinstance(train_x, ImageFiles) or not cache_dir:
+        return folder.channel_stats(train_x)
+    recipe = {"channels": int(cfg.channels), "size": int(cfg.image_size),
+              "test_fraction": float(cfg.test_fraction), "split_seed": int(cfg.split_seed)}  # fmt: skip
+    key = fingerprint({"files": folder.files_digest(train)}, recipe)
+    path = Path(cache_dir) / "datasets" / f"{cfg.name}_train_statistics_{key}.json"
+
+    def load(file: Path) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        stats = json.loads(file.read_text())
+        mean, std = tuple(map(float, stats["mean"])), tuple(map(float, stats["std"]))
+        if len(mean) != int(cfg.channels) or len(std) != int(cfg.channels):
+            raise StaleEntry("statistics of another number of channels")
+        return mean, std
+
+    def save(stats: tuple, tmp: Path) -> None:
+        tmp.write_text(json.dumps({"mean": stats[0], "std": stats[1]}))
+
+    stats, _ = load_or_compute(
+        path, f"{cfg.name} training statistics", load,
+        lambda: folder.channel_stats(train_x), save,
+    )  # fmt: skip
+    return stats
 
 
 def _check(cfg: DictConfig, channels: int, size: int, test_fraction: float) -> None:
@@ -140,6 +179,10 @@ def _check(cfg: DictConfig, channels: int, size: int, test_fraction: float) -> N
                 f"dataset.mean and dataset.std must be lists of {channels} number(s) (std > 0) "
                 f"for dataset.channels={channels}, got {cfg.mean} and {cfg.std}"
             )
+    if str(cfg.storage) not in folder.STORAGES:
+        raise ConfigError(
+            f"dataset.storage must be one of {list(folder.STORAGES)}, got {cfg.storage!r}"
+        )
     if float(cfg.max_decoded_gib) <= 0:
         raise ConfigError(f"dataset.max_decoded_gib must be positive, got {cfg.max_decoded_gib}")
     if int(cfg.workers) < 0:

@@ -41,9 +41,9 @@ def grand_scores(
     per_sample_grad = vmap(grad(loss), in_dims=(None, 0, 0))
     norms = []
     step = min(CHUNK, batch_size)
-    for start in range(0, len(split), step):
-        x = data.pipeline.batch(split, slice(start, start + step), train=False)
-        grads = per_sample_grad(wrt, x, split.targets[start : start + step])
+    chunks = [slice(start, start + step) for start in range(0, len(split), step)]
+    for chunk, x in zip(chunks, data.pipeline.batches(split, chunks, train=False), strict=True):
+        grads = per_sample_grad(wrt, x, split.targets[chunk])
         squared = sum(g.flatten(1).pow(2).sum(1) for g in grads.values())
         norms.append(squared.sqrt())
     model.train(was_training)

@@ -1,0 +1,176 @@
+"""Images read from their files batch by batch: folders too large to decode into memory.
+
+A streamed split holds file paths, not pixels. Every read decodes the files it needs exactly as
+the one-time decode into memory does (`folder.Decoder`: open, convert, resize), so a streamed run
+computes the same numbers as the same run in memory; only where the pixels come from differs
+(and the time: every epoch decodes its files again, as any ImageNet loader does).
+
+The loops that read whole splits (the training epoch, evaluation, reference and pruning fits,
+feature extraction) take their batches from `ImageFiles.batches`: a DataLoader whose workers
+decode the next chunks of positions while the device works on this one. A single batch read
+elsewhere (`read`) is decoded in this process.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Iterable, Iterator, Sequence
+
+import numpy as np
+import PIL.Image
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+from torchvision.transforms import v2 as T
+
+from saln_exp import stop
+from saln_exp.errors import DataCorruptError
+
+Positions = Tensor | np.ndarray | slice | Sequence[int]
+# what PIL raises on a file it cannot decode: not an image (UnidentifiedImageError, an OSError),
+# truncated ("image file is truncated", OSError), a broken PNG chunk (SyntaxError, ValueError),
+# an absurd size (DecompressionBombError)
+UNDECODABLE = (OSError, SyntaxError, ValueError, PIL.Image.DecompressionBombError)
+PREFETCH = 2  # chunks decoded ahead per worker (DataLoader's prefetch_factor)
+
+
+class ImageFiles:
+    """A split's images as files: `paths[i]` decodes to uint8 channels x size x size."""
+
+    dtype = torch.uint8
+
+    def __init__(self, paths: np.ndarray | Sequence[str], channels: int, size: int,
+                 workers: int, name: str):  # fmt: skip
+        # a numpy string array, not a list: forked DataLoader workers then share one buffer
+        # instead of copying a million Python strings as their reference counts are touched
+        self.paths = np.asarray(paths, dtype=np.str_)
+        self.channels, self.size, self.workers, self.name = channels, size, int(workers), name
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        return (len(self.paths), self.channels, self.size, self.size)
+
+    def subset(self, positions: Positions) -> ImageFiles:
+        """The files at `positions`, in that order (a split carved from this one)."""
+        return self._with(self.paths[_as_index(positions, len(self))])
+
+    @classmethod
+    def concat(cls, parts: Sequence[ImageFiles]) -> ImageFiles:
+        return parts[0]._with(np.concatenate([part.paths for part in parts]))
+
+    def _with(self, paths: np.ndarray) -> ImageFiles:
+        return ImageFiles(paths, self.channels, self.size, self.workers, self.name)
+
+    def read(self, positions: Positions) -> Tensor:
+        """uint8 [len(positions), C, S, S], decoded in this process."""
+        return _checked(_ChunkDecoder(self)[_as_index(positions, len(self))])
+
+    def batches(self, chunks: Iterable[Positions], pin_memory: bool = False) -> Iterator[Tensor]:
+        """uint8 images of each chunk of positions, in order, decoded ahead in `workers`
+        DataLoader processes (in this one with `workers: 0`)."""
+        chunks = [_as_index(chunk, len(self)) for chunk in chunks]
+        if not chunks:
+            return
+        workers = min(self.workers, os.cpu_count() or 1, len(chunks))
+        loader = DataLoader(
+            _ChunkDecoder(self),
+            sampler=chunks,
+            batch_size=None,  # each sampled item is a whole chunk, decoded by one worker
+            num_workers=workers,
+            prefetch_factor=PREFETCH if workers else None,
+            pin_memory=pin_memory,
+            worker_init_fn=leave_signals_to_the_main_process,
+            # the loader draws its workers' base seed from this generator, not from torch's
+            # global one, which batch augmentation draws from: streaming changes no number
+            generator=torch.Generator(),
+        )
+        try:
+            for decoded in loader:
+                yield _checked(decoded)
+        except RuntimeError as err:  # "DataLoader worker (pid(s) ...) exited unexpectedly"
+            if stop.STATE.requested is None:
+                raise
+            raise stop.ReaderStopped(stop.STATE.requested) from err
+
+
+class Decoder(Dataset):
+    """One image file -> uint8 channels x size x size; a file that cannot be decoded gives zeros
+    and the reason (raised in the main process, naming the file, never as a worker traceback)."""
+
+    def __init__(self, paths: list[str], channels: int, size: int):
+        self.paths, self.channels, self.size = paths, channels, size
+        self.mode = "L" if channels == 1 else "RGB"
+        self.resize = T.Resize((size, size), antialias=True)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> tuple[Tensor, str]:
+        try:
+            with PIL.Image.open(self.paths[i]) as image:
+                image = image.convert(self.mode)  # decodes the whole file
+            if image.size != (self.size, self.size):
+                image = self.resize(image)
+            return T.functional.pil_to_tensor(image), ""
+        except UNDECODABLE as err:
+            reason = str(err).splitlines()[0][:120] if str(err) else "unreadable"
+            return torch.zeros(self.channels, self.size, self.size, dtype=torch.uint8), (
+                f"{type(err).__name__}: {reason}"
+            )
+
+
+class _ChunkDecoder(Dataset):
+    """One chunk of positions -> (their stacked images, "" or why the first file that cannot be
+    decoded failed): `_checked` raises it in the main process as one line naming the file,
+    never as a worker's traceback."""
+
+    def __init__(self, files: ImageFiles):
+        self.files = files
+        self.decoder = Decoder(list(files.paths), files.channels, files.size)
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, chunk: np.ndarray) -> tuple[Tensor, str]:
+        out = torch.empty(len(chunk), self.files.channels, self.files.size, self.files.size,
+                          dtype=torch.uint8)  # fmt: skip
+        for row, i in enumerate(chunk.tolist()):
+            image, error = self.decoder[i]
+            if error:
+                return out, undecodable(self.files.name, str(self.files.paths[i]), error)
+            out[row] = image
+        return out, ""
+
+
+def _checked(decoded: tuple[Tensor, str]) -> Tensor:
+    images, error = decoded
+    if error:
+        raise DataCorruptError(error)
+    return images
+
+
+def undecodable(name: str, path: str, reason: str) -> str:
+    return f"{name}: {path} cannot be read as an image ({reason}); replace or delete the file"
+
+
+def _as_index(positions: Positions, n: int) -> np.ndarray:
+    if isinstance(positions, slice):
+        return np.arange(n)[positions]
+    if isinstance(positions, Tensor):
+        return positions.detach().cpu().numpy().astype(np.int64, copy=False)
+    return np.asarray(positions, dtype=np.int64)
+
+
+def leave_signals_to_the_main_process(worker_id: int) -> None:
+    """A decoding worker is forked with the main process's signal handlers (saln_exp.stop's, or
+    submitit's), which must not run in it. Ctrl-C and SIGTERM, which reach every process of a
+    terminal's or Slurm step's group, end the worker quietly, as PyTorch's workers end on Ctrl-C
+    (KeyboardInterrupt); the main process stops after its batch and checkpoints (a batch that was
+    still being decoded is `ReaderStopped`). SIGUSR2 is the scheduler's word to the main process."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    signal.signal(signal.SIGUSR2, signal.SIG_IGN)
