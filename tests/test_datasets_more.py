@@ -174,19 +174,28 @@ def test_svhn_md5_check_runs_and_names_the_file(make_cfg):
     assert "dataset=svhn dataset.download=true" in line
 
 
-@pytest.mark.parametrize("damage", ["truncated", "garbage", "no_X", "wrong_shape"])
-def test_svhn_damaged_mat_is_one_line_naming_it(make_cfg, no_svhn_md5, damage):
-    cfg = make_cfg("dataset=svhn")
-    write_svhn(Path(cfg.paths.data_dir))
-    path = Path(cfg.paths.data_dir) / "svhn" / "test_32x32.mat"
+def damage_mat(path: Path, damage: str) -> None:
+    """Spoil a written SVHN .mat file in one of the ways the loader must name in one line."""
     if damage == "truncated":
         path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     elif damage == "garbage":
         path.write_bytes(b"MATLAB? no" * 30)
     elif damage == "no_X":
         scipy.io.savemat(path, {"images": np.zeros((32, 32, 3, 2), np.uint8), "y": np.ones((2, 1))})
-    else:
+    elif damage == "wrong_shape":
         scipy.io.savemat(path, {"X": np.zeros((16, 16, 3, 2), np.uint8), "y": np.ones((2, 1))})
+    else:  # label_11
+        scipy.io.savemat(
+            path, {"X": np.zeros((32, 32, 3, 2), np.uint8), "y": np.array([[1], [11]])}
+        )
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "no_X", "wrong_shape"])
+def test_svhn_damaged_mat_is_one_line_naming_it(make_cfg, no_svhn_md5, damage):
+    cfg = make_cfg("dataset=svhn")
+    write_svhn(Path(cfg.paths.data_dir))
+    path = Path(cfg.paths.data_dir) / "svhn" / "test_32x32.mat"
+    damage_mat(path, damage)
     with pytest.raises(DataCorruptError) as err:
         build_data(cfg.dataset, cfg.paths)
     assert str(path) in one_line(err)
@@ -274,18 +283,7 @@ def test_svhn_damaged_extra_is_one_line_naming_it(make_cfg, no_svhn_md5, damage)
     cfg = make_cfg("dataset=svhn", "dataset.extra=true")
     write_svhn(Path(cfg.paths.data_dir), {"train": 9, "test": 5, "extra": 7})
     path = Path(cfg.paths.data_dir) / "svhn" / "extra_32x32.mat"
-    if damage == "truncated":
-        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
-    elif damage == "garbage":
-        path.write_bytes(b"MATLAB? no" * 30)
-    elif damage == "no_X":
-        scipy.io.savemat(path, {"images": np.zeros((32, 32, 3, 2), np.uint8), "y": np.ones((2, 1))})
-    elif damage == "wrong_shape":
-        scipy.io.savemat(path, {"X": np.zeros((16, 16, 3, 2), np.uint8), "y": np.ones((2, 1))})
-    else:
-        scipy.io.savemat(
-            path, {"X": np.zeros((32, 32, 3, 2), np.uint8), "y": np.array([[1], [11]])}
-        )
+    damage_mat(path, damage)
     with pytest.raises(DataCorruptError) as err:
         build_data(cfg.dataset, cfg.paths)
     line = one_line(err)
