@@ -23,3 +23,7 @@ class NonFiniteLossError(UserError):
 
 class DataCorruptError(UserError):
     """A dataset's files are on disk but cannot be read (truncated, garbage, failed checksum)."""
+
+
+class DataReaderError(UserError):
+    """A process decoding a streamed dataset died (most often killed for memory)."""

@@ -1,6 +1,8 @@
 """The field's baselines (InfoBatch, RS2, Selective-Backprop, importance sampling, DivBS) run
 through the CLI on every dataset and every model, as smoke runs (synthetic stand-ins of each
-dataset's shape): one multirun per axis."""
+dataset's shape): one multirun per axis. The dataset axis runs LeNet: what differs between
+datasets is the shape (channels, size, classes), which every model takes the same way, and
+ResNet-18 there cost 5 of CI's minutes; the model axis runs every model, ResNet-18 included."""
 
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ BASELINES = "infobatch,rs2,selective_backprop,importance,divbs"
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "axis",
-    ["dataset=digits,mnist,fashion_mnist,svhn,cifar10,cifar100,cinic10,pets model=resnet18",
+    ["dataset=digits,mnist,fashion_mnist,svhn,cifar10,cifar100,cinic10,pets model=lenet",
      "dataset=digits model=lenet,fcnet,resnet18,resnet18_imagenet"],
     ids=["every-dataset", "every-model"],
 )  # fmt: skip

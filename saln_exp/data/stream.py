@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2 as T
 
 from saln_exp import stop
-from saln_exp.errors import DataCorruptError
+from saln_exp.errors import DataCorruptError, DataReaderError
 
 Positions = Tensor | np.ndarray | slice | Sequence[int]
 # what PIL raises on a file it cannot decode: not an image (UnidentifiedImageError, an OSError),
@@ -88,13 +88,41 @@ class ImageFiles:
             # global one, which batch augmentation draws from: streaming changes no number
             generator=torch.Generator(),
         )
+        decoded_chunks = iter(loader)
         try:
-            for decoded in loader:
+            for decoded in decoded_chunks:
                 yield _checked(decoded)
-        except RuntimeError as err:  # "DataLoader worker (pid(s) ...) exited unexpectedly"
-            if stop.STATE.requested is None:
+        except (RuntimeError, ConnectionError) as err:
+            if not _a_worker_died(err):
                 raise
-            raise stop.ReaderStopped(stop.STATE.requested) from err
+            _end_workers(decoded_chunks)
+            if stop.STATE.requested is not None:  # the signal that stops the run ended them
+                raise stop.ReaderStopped(stop.STATE.requested) from err
+            raise DataReaderError(
+                f"{self.name}: a worker decoding its images died ({err}); most often the system "
+                "killed it for memory: set dataset.workers lower (0 decodes in the main process)"
+            ) from err
+
+
+def _a_worker_died(err: Exception) -> bool:
+    """PyTorch says "DataLoader worker (pid ...) exited unexpectedly" or "... is killed by
+    signal", whichever of its SIGCHLD handler and its queue poll notices first; a worker killed
+    while handing over a batch can also leave the main process a reset connection."""
+    return isinstance(err, ConnectionError) or str(err).startswith("DataLoader worker")
+
+
+def _end_workers(decoded_chunks: Iterator) -> None:
+    """What the loader's iterator does when it is garbage-collected, done now: the exception's
+    traceback keeps the iterator alive, and until it stops watching its dead workers, PyTorch's
+    SIGCHLD handler raises again at whatever line runs next."""
+    shutdown = getattr(decoded_chunks, "_shutdown_workers", None)  # none without workers
+    if shutdown is None:
+        return
+    try:
+        shutdown()  # its `finally` stops the watch even when the handler raises in its joins
+    except RuntimeError as another:  # a second dead worker, noticed while joining the others
+        if not _a_worker_died(another):
+            raise
 
 
 class Decoder(Dataset):
@@ -168,9 +196,16 @@ def _as_index(positions: Positions, n: int) -> np.ndarray:
 def leave_signals_to_the_main_process(worker_id: int) -> None:
     """A decoding worker is forked with the main process's signal handlers (saln_exp.stop's, or
     submitit's), which must not run in it. Ctrl-C and SIGTERM, which reach every process of a
-    terminal's or Slurm step's group, end the worker quietly, as PyTorch's workers end on Ctrl-C
-    (KeyboardInterrupt); the main process stops after its batch and checkpoints (a batch that was
-    still being decoded is `ReaderStopped`). SIGUSR2 is the scheduler's word to the main process."""
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    terminal's or Slurm step's group, end the worker at once with status 0; the main process
+    stops after its batch and checkpoints (a batch that was still being decoded is
+    `ReaderStopped`). SIGUSR2 is the scheduler's word to the main process."""
+    signal.signal(signal.SIGINT, _exit_quietly)
+    signal.signal(signal.SIGTERM, _exit_quietly)
     signal.signal(signal.SIGUSR2, signal.SIG_IGN)
+
+
+def _exit_quietly(signum: int, frame: object) -> None:
+    # not KeyboardInterrupt, as PyTorch's workers take Ctrl-C: a worker leaving by an exception
+    # first flushes the batches it queued, and blocks while the main process is not reading
+    # them; the main process discards them anyway
+    os._exit(0)
