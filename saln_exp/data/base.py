@@ -195,9 +195,14 @@ class BatchPipeline(nn.Module):
         # so training batches sliced from it can be saved for backward
         with torch.inference_mode(False), torch.no_grad():
             images = split.images
-            split.normalised = torch.cat(
-                [self(images[start : start + chunk], train=False) for start in range(0, len(images), chunk)]
-            )
+            first = self(images[:chunk], train=False)
+            # filled in place, not concatenated: a list of chunks plus their concatenation
+            # held the whole float copy twice at the peak
+            normalised = first.new_empty((len(images), *first.shape[1:]))
+            normalised[: len(first)] = first
+            for start in range(chunk, len(images), chunk):
+                normalised[start : start + chunk] = self(images[start : start + chunk], train=False)
+            split.normalised = normalised
         self.cached_bytes += split.normalised.numel() * split.normalised.element_size()
         return split.normalised
 
