@@ -31,6 +31,19 @@ def test_batches_from_the_normalised_copy_are_bitwise_the_pipelines_own():
     assert weight.grad is not None
 
 
+def test_the_copy_made_in_chunks_equals_the_whole_split_at_once(monkeypatch):
+    """The copy is filled a few MiB at a time (a whole split at once held three float
+    temporaries of its size); chunk edges, a ragged last chunk included, change no value."""
+    from saln_exp.data import base
+
+    split = mnist_like_split(n=301)
+    pipeline = BatchPipeline((0.1307,), (0.3081,), augment=None)
+    monkeypatch.setattr(base, "NORMALISED_CHUNK_BYTES", 4 * 12 * 12 * 50)  # 50 images a chunk
+    got = pipeline.batch(split, torch.arange(301), train=False)
+    assert torch.equal(got, pipeline(split.images, train=False))
+    assert got.shape == (301, 1, 12, 12)
+
+
 def test_augmented_training_batches_never_come_from_the_copy():
     split = mnist_like_split()
     flips = []

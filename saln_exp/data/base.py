@@ -50,6 +50,9 @@ class SourceData:
 # and normalising every batch again was 40% of an FCNet100 epoch on MNIST (evaluation and
 # training batches alike), and the cached values are the very same floats, element for element.
 NORMALISED_CACHE_BYTES = 2 * 2**30
+# the float copy is made this many bytes at a time: each chunk through the pipeline holds about
+# three float temporaries of its size (the float cast, x - mean, / std) on top of the copy
+NORMALISED_CHUNK_BYTES = 64 * 2**20
 
 
 @dataclass
@@ -180,7 +183,7 @@ class BatchPipeline(nn.Module):
             return (cached[chunk] for chunk in chunks)
         return (self(x, train) for x in split.read_batches(chunks))
 
-    def _normalised(self, split: Split, train: bool, chunk: int = 4096) -> Tensor | None:
+    def _normalised(self, split: Split, train: bool) -> Tensor | None:
         """The whole split through the pipeline once (no augmentation), if it fits the budget
         and this batch is not randomly augmented."""
         if train and self.augment is not None:
@@ -195,6 +198,7 @@ class BatchPipeline(nn.Module):
         # so training batches sliced from it can be saved for backward
         with torch.inference_mode(False), torch.no_grad():
             images = split.images
+            chunk = max(1, NORMALISED_CHUNK_BYTES // (4 * images[0].numel()))
             first = self(images[:chunk], train=False)
             # filled in place, not concatenated: a list of chunks plus their concatenation
             # held the whole float copy twice at the peak
