@@ -92,7 +92,7 @@ class ImageFiles:
         try:
             for decoded in decoded_chunks:
                 yield _checked(decoded)
-        except (RuntimeError, ConnectionError) as err:
+        except (RuntimeError, ConnectionError, EOFError) as err:
             if not _a_worker_died(err):
                 raise
             _end_workers(decoded_chunks)
@@ -107,8 +107,9 @@ class ImageFiles:
 def _a_worker_died(err: Exception) -> bool:
     """PyTorch says "DataLoader worker (pid ...) exited unexpectedly" or "... is killed by
     signal", whichever of its SIGCHLD handler and its queue poll notices first; a worker killed
-    while handing over a batch can also leave the main process a reset connection."""
-    return isinstance(err, ConnectionError) or str(err).startswith("DataLoader worker")
+    while handing over a batch can also leave the main process a reset connection, or an
+    EOFError from the shared-memory handover (multiprocessing's resource sharer)."""
+    return isinstance(err, (ConnectionError, EOFError)) or str(err).startswith("DataLoader worker")
 
 
 def _end_workers(decoded_chunks: Iterator) -> None:
