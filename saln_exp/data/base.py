@@ -198,7 +198,7 @@ class BatchPipeline(nn.Module):
         # so training batches sliced from it can be saved for backward
         with torch.inference_mode(False), torch.no_grad():
             images = split.images
-            chunk = max(1, NORMALISED_CHUNK_BYTES // (4 * images[0].numel()))
+            chunk = max(1, NORMALISED_CHUNK_BYTES // (4 * images.shape[1:].numel()))  # an empty split too
             first = self(images[:chunk], train=False)
             # filled in place, not concatenated: a list of chunks plus their concatenation
             # held the whole float copy twice at the peak
