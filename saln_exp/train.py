@@ -29,6 +29,7 @@ from saln_exp.checkpoint import Checkpoints, check_same_run
 from saln_exp.config import resolve_device, validate
 from saln_exp.console import print_run_summary
 from saln_exp.data import build_data, shape_of
+from saln_exp.data.stream import worker_deaths_reported
 from saln_exp.errors import ConfigError, UserError
 from saln_exp.metrics import summarize
 from saln_exp.models import build_model
@@ -253,7 +254,8 @@ def run_peer(cfg: DictConfig) -> float:
         cfg.seed = seed  # `seed: null` is drawn once, by rank 0
     with stop_on_signals():
         try:
-            train(cfg, run_dir)
+            with worker_deaths_reported():
+                train(cfg, run_dir)
         except Interrupted as err:
             sys.exit(128 + err.signum)
     return math.nan
@@ -297,7 +299,8 @@ def run_one(cfg: DictConfig) -> float:
                     with open_dict(cfg):
                         cfg.seed = int.from_bytes(os.urandom(4), "little") % (2**31)
                 distributed.broadcast_object((str(run_dir), cfg.seed))
-            summary = train(cfg, run_dir)
+            with worker_deaths_reported():  # whichever line PyTorch's SIGCHLD handler raises at
+                summary = train(cfg, run_dir)
     except UserError as err:
         if started:
             files.try_write_status("failed", error=str(err), overrides=runtime.overrides)

@@ -21,7 +21,7 @@ from test_datasets_more import one_line, write_folder
 from conftest import BIN, TIME_KEYS, run_cli
 from saln_exp import rundir, stop
 from saln_exp.data import build_data
-from saln_exp.data.stream import ImageFiles
+from saln_exp.data.stream import ImageFiles, worker_deaths_reported
 from saln_exp.errors import ConfigError, DataCorruptError, DataReaderError
 from saln_exp.features import extract
 
@@ -188,12 +188,37 @@ def test_a_signal_ends_the_decoding_workers_quietly_and_the_reader_says_it_stopp
         stop.STATE.requested = None
     unasked = files.batches(chunks)
     next(unasked)
-    for worker in set(multiprocessing.active_children()) - others:
-        os.kill(worker.pid, signal.SIGKILL)
-    # no stop asked: one error naming the split and what to change, however PyTorch noticed
-    with pytest.raises(DataReaderError, match=r"^t: a worker decoding its images died .*workers"):
+    # no stop asked: one error naming what to change, however PyTorch noticed (its queue poll,
+    # inside the reader, names the split; its SIGCHLD handler raises at whatever line runs)
+    died = r"a worker decoding its images died .*workers"
+    with pytest.raises(DataReaderError, match=died), worker_deaths_reported():  # as in training
+        for worker in set(multiprocessing.active_children()) - others:
+            os.kill(worker.pid, signal.SIGKILL)
         list(unasked)
     time.sleep(0.5)  # a SIGCHLD handler still watching the dead workers would raise by now
+
+
+def test_a_worker_killed_while_the_training_step_runs_ends_the_run_with_the_same_line(tmp_path):
+    """The system's OOM killer does not wait for the loader to be read: PyTorch's SIGCHLD
+    handler raises in the middle of the training step, outside the reader."""
+    root = tmp_path / "images"
+    write_folder(root, {"a": 40})
+    files = ImageFiles(sorted(str(p) for p in root.glob("a/*.png")), 3, 16, workers=2, name="t")
+    others = set(multiprocessing.active_children())
+    batches = files.batches([[i] for i in range(40)])
+    next(batches)
+    workers = [p for p in multiprocessing.active_children() if p not in others]
+    died = (r"^a streamed split: a worker decoding its images died "
+            r"\(DataLoader worker \(pid \d+\) is killed by signal: Killed")  # fmt: skip
+    with pytest.raises(DataReaderError, match=died), worker_deaths_reported():
+        os.kill(workers[0].pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:  # the training step, interrupted by the handler
+            sum(range(1000))
+    batches.close()  # the reader ends its workers and stops watching them
+    workers[1].join(timeout=10)
+    assert not workers[1].is_alive()
+    time.sleep(0.5)
 
 
 def _metrics(run_dir: Path) -> list[dict]:

@@ -13,6 +13,7 @@ elsewhere (`read`) is decoded in this process.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 from collections.abc import Iterable, Iterator, Sequence
@@ -98,10 +99,31 @@ class ImageFiles:
             _end_workers(decoded_chunks)
             if stop.STATE.requested is not None:  # the signal that stops the run ended them
                 raise stop.ReaderStopped(stop.STATE.requested) from err
-            raise DataReaderError(
-                f"{self.name}: a worker decoding its images died ({err}); most often the system "
-                "killed it for memory: set dataset.workers lower (0 decodes in the main process)"
-            ) from err
+            raise DataReaderError(_died(self.name, err)) from err
+        finally:  # closed early (an error in the caller): end the workers now, not at collection
+            _end_workers(decoded_chunks)
+
+
+@contextlib.contextmanager
+def worker_deaths_reported() -> Iterator[None]:
+    """Around a whole training: PyTorch's SIGCHLD handler raises "DataLoader worker (pid N) is
+    killed by signal" at whatever line the main process is on when a decoding worker dies (the
+    system's OOM killer does not wait for the loader to be read: most often the line is in the
+    training step), outside `batches`. That error becomes the same one line as a death `batches`
+    notices itself."""
+    try:
+        yield
+    except RuntimeError as err:
+        if not _a_worker_died(err):
+            raise
+        raise DataReaderError(_died("a streamed split", err)) from err
+
+
+def _died(name: str, err: Exception) -> str:
+    return (
+        f"{name}: a worker decoding its images died ({err}); most often the system killed it "
+        "for memory: set dataset.workers lower (0 decodes in the main process)"
+    )
 
 
 def _a_worker_died(err: Exception) -> bool:
