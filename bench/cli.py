@@ -23,6 +23,7 @@ import torch
 from bench import (
     epochs,
     memory,
+    precision,
     runner_vs_plain,
     saln_vs_paper,
     selective_backward,
@@ -57,6 +58,7 @@ SECTIONS = (
     Section("selective", selective_backward),
     Section("epochs", epochs),
     Section("streaming", streaming),
+    Section("precision", precision),
 )
 SECTION_NAMES = tuple(s.name for s in SECTIONS)
 

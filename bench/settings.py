@@ -101,6 +101,10 @@ class Settings:
     streaming_images: int = 4000
     streaming_side: int = 96
     streaming_workers: tuple[int, ...] = (0, 2)
+    # 8. bf16 autocast and channels_last on a training step
+    precision_model: str = "resnet18"
+    precision_batch: int = 128
+    precision_rounds: int = 3
     epoch_cases: tuple[tuple[str, tuple[str, ...], int, bool], ...] = (
         ("FCNet100, none", (*FCNET_4_5, "model.hidden=100", "selector=none"), 4, True),
         ("FCNet100, batchwise", (*FCNET_4_5, "model.hidden=100", "selector=accuracy"), 4, True),
@@ -180,4 +184,7 @@ def quick_settings() -> Settings:
         streaming_images=60,
         streaming_side=16,
         streaming_workers=(0,),
+        precision_model="lenet",
+        precision_batch=16,
+        precision_rounds=1,
     )

@@ -193,6 +193,15 @@ def check_results(out, sections):
         assert rows and all(r["seconds"]["wall"]["first"] > 0 for r in rows)
         assert all(r["same_numbers"] for r in rows if "same_numbers" in r)
         assert "## 6. Epoch time" in markdown
+    if "precision" in sections:
+        rows = {r["variant"]: r for r in results["precision"]}
+        assert set(rows) == {"fp32", "fp32 + channels_last", "bf16", "bf16 + channels_last"}
+        assert all(r["step_ms"]["median"] > 0 and r["speedup_vs_fp32"]["n"] for r in rows.values())
+        assert rows["fp32"]["first_loss_rel_diff"] == 0
+        # the same computation in another memory layout; bf16 keeps about 3 significant digits
+        assert rows["fp32 + channels_last"]["first_loss_rel_diff"] < 1e-4
+        assert rows["bf16"]["first_loss_rel_diff"] < 0.05
+        assert "## 8. bf16 autocast" in markdown
 
 
 def test_quick_benchmark_writes_both_files(tmp_path, capsys):
