@@ -21,6 +21,16 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def cpu_bf16_units() -> list[str]:
+    """The CPU's bf16 instructions (Intel AMX, AVX-512 BF16): without them bf16 is emulated."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                return sorted(flags & {"amx_bf16", "avx512_bf16"})
+    return []
+
+
 def load_average() -> list[float] | None:
     """The 1, 5 and 15 minute load averages: how busy the machine was besides the benchmark."""
     with contextlib.suppress(OSError, AttributeError):

@@ -4,9 +4,9 @@ A step is what the trainer's `train_step` does: the forward under `trainer.preci
 (the trainer's own `autocast_factory`), the cross-entropy in float32, backward, SGD step; with
 `trainer.channels_last` both the model and the batch are channels-last, as `saln-train` makes them.
 Each variant trains its own copy of one initialisation on one CIFAR-shaped batch. These are GPU
-settings: on a CPU without bf16 matrix units, bf16 is emulated and slower, and channels_last
-rarely helps; the section runs on any device so that its numbers exist wherever `make bench`
-runs, with the device named in results.md."""
+settings; the section runs on any device so that its numbers exist wherever `make bench` runs,
+with the device named, and on a CPU the bf16 instructions it has (without AMX or AVX-512 BF16,
+bf16 is emulated, not accelerated)."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bench.inputs import data_and_model, synthetic_config
+from bench.machine import cpu_bf16_units
 from bench.settings import Log, Settings
 from bench.tables import ms, ratio, table
 from bench.timing import interleaved, round_ratios, summary
@@ -32,6 +33,12 @@ VARIANTS = (("fp32", False), ("fp32", True), ("bf16", False), ("bf16", True))
 
 def label(precision: str, channels_last: bool) -> str:
     return precision + (" + channels_last" if channels_last else "")
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu (bf16 instructions: {', '.join(cpu_bf16_units()) or 'none'})"
 
 
 def step_fn(model: nn.Module, optimizer: torch.optim.Optimizer, x: Tensor, y: Tensor,
@@ -81,6 +88,7 @@ def measure(st: Settings, device: torch.device, workdir: Path, log: Log) -> list
                 "model": st.precision_model,
                 "B": st.precision_batch,
                 "variant": name,
+                "device": device_name(device),
                 "step_ms": summary(samples, 1e3),
                 "speedup_vs_fp32": round_ratios(times[base], samples),
                 "first_loss": losses[name],
@@ -100,8 +108,10 @@ def markdown(rows: list[dict[str, Any]]) -> list[str]:
         "One training step (forward under the trainer's autocast, float32 loss, backward, SGD step) "
         "on one CIFAR-shaped batch; *speedup* is fp32's step time over the variant's, round by "
         "round; *first loss* is the loss of the same initial weights, and its relative difference "
-        "to fp32 says the variant computes the same thing. On a CPU without bf16 matrix units bf16 "
-        "is emulated: these are GPU settings.",
+        "to fp32 says the variant computes the same thing. These are GPU settings; on a CPU "
+        "without AMX or AVX-512 BF16 instructions bf16 is emulated, not accelerated.",
+        "",
+        f"Device: {rows[0]['device']}." if rows and "device" in rows[0] else "",
         "",
     ]
     header = ["model", "B", "variant", "step ms", "speedup vs fp32", "first loss", "rel. diff"]

@@ -104,7 +104,7 @@ class Settings:
     # 8. bf16 autocast and channels_last on a training step
     precision_model: str = "resnet18"
     precision_batch: int = 128
-    precision_rounds: int = 3
+    precision_rounds: int = 5
     epoch_cases: tuple[tuple[str, tuple[str, ...], int, bool], ...] = (
         ("FCNet100, none", (*FCNET_4_5, "model.hidden=100", "selector=none"), 4, True),
         ("FCNet100, batchwise", (*FCNET_4_5, "model.hidden=100", "selector=accuracy"), 4, True),
