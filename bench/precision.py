@@ -111,7 +111,7 @@ def markdown(rows: list[dict[str, Any]]) -> list[str]:
         "to fp32 says the variant computes the same thing. These are GPU settings; on a CPU "
         "without AMX or AVX-512 BF16 instructions bf16 is emulated, not accelerated.",
         "",
-        f"Device: {rows[0]['device']}." if rows and "device" in rows[0] else "",
+        f"Device: {rows[0]['device']}.",
         "",
     ]
     header = ["model", "B", "variant", "step ms", "speedup vs fp32", "first loss", "rel. diff"]

@@ -85,6 +85,7 @@ def apply_smoke(cfg: DictConfig) -> None:
         shrink_pruning_for_smoke(cfg.prune)
 
 
+@worker_deaths_reported()  # whichever line PyTorch's SIGCHLD handler raises at
 def train(cfg: DictConfig, run_dir: Path) -> dict:
     """Build everything from the config and fit; return the run summary. With several processes
     every rank builds the same things; only rank 0 tracks (W&B and the run's files)."""
@@ -254,8 +255,7 @@ def run_peer(cfg: DictConfig) -> float:
         cfg.seed = seed  # `seed: null` is drawn once, by rank 0
     with stop_on_signals():
         try:
-            with worker_deaths_reported():
-                train(cfg, run_dir)
+            train(cfg, run_dir)
         except Interrupted as err:
             sys.exit(128 + err.signum)
     return math.nan
@@ -299,8 +299,7 @@ def run_one(cfg: DictConfig) -> float:
                     with open_dict(cfg):
                         cfg.seed = int.from_bytes(os.urandom(4), "little") % (2**31)
                 distributed.broadcast_object((str(run_dir), cfg.seed))
-            with worker_deaths_reported():  # whichever line PyTorch's SIGCHLD handler raises at
-                summary = train(cfg, run_dir)
+            summary = train(cfg, run_dir)
     except UserError as err:
         if started:
             files.try_write_status("failed", error=str(err), overrides=runtime.overrides)

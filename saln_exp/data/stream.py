@@ -96,12 +96,11 @@ class ImageFiles:
         except (RuntimeError, ConnectionError, EOFError) as err:
             if not _a_worker_died(err):
                 raise
-            _end_workers(decoded_chunks)
             if stop.STATE.requested is not None:  # the signal that stops the run ended them
                 raise stop.ReaderStopped(stop.STATE.requested) from err
             raise DataReaderError(_died(self.name, err)) from err
-        finally:  # closed early (an error in the caller): end the workers now, not at collection
-            _end_workers(decoded_chunks)
+        finally:  # a worker died, or closed early (an error in the caller): end them now, not
+            _end_workers(decoded_chunks)  # when the traceback that holds the iterator is collected
 
 
 @contextlib.contextmanager
