@@ -191,8 +191,10 @@ class Trainer:
             while self.progress.epoch < self.settings.epochs:
                 self.train_epoch()
                 self.end_epoch()
-                self.stop_requested()
-                stop.check()
+                # what the ranks agreed: a signal that lands on one rank after the agreement
+                # stops them all after the next batch, never this rank alone here
+                if self.stop_requested():
+                    stop.check()
         if self.world.is_main:
             save_final_layer(self.run_dir, self.model)
             save_forgetting(self.run_dir, self.data, self.forgetting)

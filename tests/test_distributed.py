@@ -18,6 +18,7 @@ import pytest
 import torch
 
 from saln_exp import PROJECT_ROOT, distributed
+from saln_exp.checkpoint import Checkpoints
 from saln_exp.rundir import CHECKPOINT
 
 BIN = Path(sys.executable).parent
@@ -86,6 +87,43 @@ def test_one_process_helpers_are_no_ops():
 
 
 EXPORTED = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+def test_a_signal_landing_after_the_ranks_agreed_to_go_on_stops_them_after_the_next_batch(
+    make_cfg, monkeypatch
+):
+    """The ranks stop where their all-reduce agrees. A signal that lands on one rank just after
+    the epoch's agreement said "go on" must not stop that rank alone at the epoch's end (its peer
+    would wait in the next collective until this rank is gone: "lost its peers", no checkpoint
+    line); it is agreed on after the next batch, where every rank stops and checkpoints."""
+    from saln_exp import stop
+    from saln_exp.train import run
+    from saln_exp.trainer import Trainer
+
+    asked = []
+    agree = Trainer.stop_requested
+
+    def signal_lands_after_the_epoch_agreement(self):
+        at_epoch_end = self.progress.order is None
+        asked.append((self.progress.epoch, self.progress.cursor, at_epoch_end))
+        if at_epoch_end and self.progress.epoch == 1:
+            result = agree(self)  # the ranks' answer: no signal yet
+            stop.STATE.requested = signal.SIGTERM  # ... which lands now, on this rank
+            return result
+        return agree(self)
+
+    monkeypatch.setattr(Trainer, "stop_requested", signal_lands_after_the_epoch_agreement)
+    cfg = make_cfg("model=fcnet", "model.hidden=16", "dataset.image_size=8",
+                   "dataset.batch_size=64", "trainer.epochs=3")  # fmt: skip
+    try:
+        with pytest.raises(SystemExit) as exit_info:
+            run(cfg)
+    finally:
+        stop.STATE.requested = None
+    assert exit_info.value.code == 128 + signal.SIGTERM
+    assert asked[-1] == (1, 1, False)  # stopped after epoch 2's first batch, where it was agreed
+    progress = Checkpoints(Path(cfg.paths.output_dir)).load()["progress"]
+    assert (progress["epoch"], progress["cursor"]) == (1, 1)  # checkpointed there, to resume
 
 
 def test_a_submitit_slurm_job_of_several_tasks_is_one_distributed_training(monkeypatch):
