@@ -98,6 +98,19 @@ def setup(device_request: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> World:
     return world
 
 
+def adopt_process_group() -> World:
+    """`WORLD` for a process group that someone else initialised: a user's own torchrun script
+    that called `torch.distributed.init_process_group` and uses the public selection API."""
+    global WORLD
+    if dist.is_available() and dist.is_initialized() and WORLD.size != dist.get_world_size():
+        WORLD = World(
+            rank=dist.get_rank(),
+            size=dist.get_world_size(),
+            local_rank=int(os.environ.get("LOCAL_RANK", 0)),
+        )
+    return WORLD
+
+
 def teardown() -> None:
     global WORLD
     if dist.is_initialized():

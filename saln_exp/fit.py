@@ -4,7 +4,7 @@ learner's loop is saln_exp/trainer.py."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import torch
@@ -37,15 +37,36 @@ def fit(
     positions = torch.arange(len(split), device=device) if positions is None else positions
     optimizer = build_optimizer(OmegaConf.create(settings["optimizer"]), model.parameters())
     bs = settings["batch_size"]
-    model.train()
-    for epoch in tqdm(
-        range(settings["epochs"]), desc=desc, leave=False, disable=None if progress else True
-    ):
+
+    def epoch_batches(epoch: int) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
         order = positions[torch.randperm(len(positions), generator=generator).to(device)]
         chunks = [order[start : start + bs] for start in range(0, len(order), bs)]
         for pos, x in zip(chunks, data.pipeline.batches(split, chunks, train=True), strict=True):
+            yield pos, x, split.targets[pos]
+
+    return train_epochs(
+        model, optimizer, settings["epochs"], epoch_batches, on_batch, desc, progress, lr_key
+    )
+
+
+def train_epochs(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    epochs: int,
+    epoch_batches: Callable[[int], Iterable[tuple[Any, Tensor, Tensor]]],
+    on_batch: Callable[[int, Any, Tensor], None] | None = None,
+    desc: str = "scoring model",
+    progress: bool = False,
+    lr_key: str = "the optimizer's lr",
+) -> nn.Module:
+    """The loop itself: for each epoch, one optimizer step on the mean cross-entropy of every
+    `(key, x, y)` that `epoch_batches(epoch)` yields (`key` is handed to `on_batch` with the
+    batch's logits). `fit` feeds it a split; `selection.train_reference`, a user's DataLoader."""
+    model.train()
+    for epoch in tqdm(range(epochs), desc=desc, leave=False, disable=None if progress else True):
+        for key, x, y in epoch_batches(epoch):
             logits = model(x).float()
-            loss = F.cross_entropy(logits, split.targets[pos])
+            loss = F.cross_entropy(logits, y)
             if not torch.isfinite(loss):
                 raise NonFiniteLossError(
                     f"the {desc} diverged (loss {loss.item()}) in epoch {epoch + 1}; lower {lr_key}"
@@ -54,5 +75,5 @@ def fit(
             loss.backward()
             optimizer.step()
             if on_batch is not None:
-                on_batch(epoch, pos, logits.detach())
+                on_batch(epoch, key, logits.detach())
     return model.eval()
