@@ -12,7 +12,7 @@ help: ## list the targets
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	@test -x $(PY) || python3 -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'
+	$(BIN)/pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev,lightning]'
 	@touch $@
 
 install: $(VENV)/.installed ## create .venv and install saln-exp with its pinned dependencies
