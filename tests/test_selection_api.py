@@ -3,13 +3,17 @@ around a plain `nn.Sequential` CNN, and the same choices as the runner's own sel
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from saln_exp import selection
+from saln_exp import PROJECT_ROOT, selection
 from saln_exp.models.fcnet import FCNet
 from saln_exp.selectors import SELECTORS, Batch, BatchView, Selector, ViewSources
 from saln_exp.selectors.infobatch import INITIAL_SCORE
@@ -280,3 +284,20 @@ def test_make_takes_the_yaml_defaults_of_the_runner():
     epoch_batch = selection.make("accuracy_epoch_batch").selector  # a variant of accuracy_epoch
     assert epoch_batch.batchwise and epoch_batch.accumulate
     assert set(SELECTORS) <= set(selection.available())
+
+
+@pytest.mark.slow
+def test_under_ddp_ranks_must_agree_and_local_scope_selects_within_each_share():
+    """tests/ddp_selection_checks.py on two gloo ranks: different batches refused on every rank,
+    local scope keeps within the rank's share, staging refused with local scope, global scope
+    splits the step evenly with weights that make DDP's average the step's mean."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(PROJECT_ROOT)}
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(key, None)
+    done = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+         str(PROJECT_ROOT / "tests" / "ddp_selection_checks.py")],
+        env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert sorted(done.stdout.split("\n"))[-2:] == ["rank 0 ok", "rank 1 ok"]
