@@ -27,6 +27,7 @@ import inspect
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -437,11 +438,11 @@ class _LoopFacts:
             raise ValueError(
                 f"selector {self.name!r} needs the run's length: pass epochs= to sampler()"
             )
-        return OmegaConf.create({"epochs": int(self.epochs)})
+        return SimpleNamespace(epochs=int(self.epochs))
 
     @property
     def eval(self) -> Any:
-        return OmegaConf.create({"batch_size": 0})  # the eval loader has its own batch size
+        return SimpleNamespace(batch_size=0)  # the eval loader has its own batch size
 
 
 class _LoaderOutputs:
