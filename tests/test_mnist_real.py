@@ -11,8 +11,10 @@ import subprocess
 import pytest
 import torch
 
+from conftest import run_cli
 from saln_exp import PROJECT_ROOT
 from saln_exp.data import build_data
+from saln_exp.report import cli as report_cli
 from saln_exp.train import run
 
 SHARED_MNIST = PROJECT_ROOT.parent / "shared" / "data" / "mnist"
@@ -78,3 +80,23 @@ def test_batchwise_filtering_keeps_a_small_fraction_of_real_mnist(make_cfg, mnis
     last = rows[-1]
     assert last["samples/backprop"] == 256 * last["optim/steps"]  # Alg. 10's stable batch size
     assert last["test/acc"] >= 0.9
+
+
+def test_a_run_with_fewer_epochs_never_stands_beside_the_thesis(mnist_dir, tmp_path, capsys):
+    """`saln-train -m experiment=assist_4_5 model.hidden=100 trainer.epochs=1` then `saln-report`:
+    the thesis' 500-epoch values stand alone, and one line names the run and what differs."""
+    sweep_dir = tmp_path / "sweep"
+    result = run_cli(
+        "-m", "experiment=assist_4_5", "model.hidden=100", "selector=none", "trainer.epochs=1",
+        f"paths.data_dir={mnist_dir}", "logger=none", "trainer.progress=false",
+        f"hydra.sweep.dir={sweep_dir}",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert report_cli.main([str(sweep_dir), "--table", "assist_4_5", "--no-figures"]) == 0
+    out, err = capsys.readouterr()
+    row = next(line for line in out.splitlines() if line.startswith("| fcnet100  | none"))
+    assert "(n=" not in row and "0.978" in row  # the thesis' test accuracy, alone
+    assert (
+        "note: not assist_4_5's recipe, left out of its paper table (trainer.epochs: 1 vs 500): "
+        f"{sweep_dir / '0'}"
+    ) in err.splitlines()

@@ -13,9 +13,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from omegaconf import OmegaConf
 from PIL import Image
 
-from conftest import run_cli
+from conftest import compose_cfg, run_cli
 from saln_exp.report import cli
 from saln_exp.report.figures import montage
 from saln_exp.report.load import load_runs, resolve_source
@@ -63,6 +64,33 @@ def mean_std(values: pd.Series) -> tuple[float, float]:
     return statistics.mean(values), statistics.stdev(values)
 
 
+def give_config(run_dir: Path, tmp_path: Path, *overrides: str, seed: int = 0) -> dict:
+    """Make a real run's directory say it ran `saln-train <overrides>`: its config.yaml and
+    summary.json's copy become the config that command resolves to (as the runner writes it:
+    with the run's seed and the selector file chosen). Its numbers stay the real run's."""
+    cfg = compose_cfg(tmp_path, *overrides)
+    cfg.seed = seed
+    choice = next((o.split("=", 1)[1] for o in overrides if o.startswith("selector=")), None)
+    cfg.selector_choice = choice or cfg.selector.name
+    config = OmegaConf.to_container(cfg, resolve=True)
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(config))
+    summary = json.loads((run_dir / "summary.json").read_text())
+    (run_dir / "summary.json").write_text(json.dumps({**summary, "config": config}))
+    return config
+
+
+def as_saln_pets_recipe(sweep_dir: Path, tmp_path: Path) -> Path:
+    """A copy of the sweep whose runs say they ran the SALN Pet experiment file's recipe."""
+    copy = tmp_path / "recipe"
+    shutil.copytree(sweep_dir, copy, ignore=shutil.ignore_patterns("report", "*.pt"))
+    selector_file = {"none": "none", "saln": "saln_paper"}
+    for path in copy.glob("*/summary.json"):
+        summary = json.loads(path.read_text())
+        give_config(path.parent, tmp_path, "experiment=saln_pets",
+                    f"selector={selector_file[summary['selector']]}", seed=summary["seed"])  # fmt: skip
+    return copy
+
+
 @pytest.mark.slow
 def test_compare_table_matches_the_runs(sweep):
     truth = summaries(sweep)
@@ -81,9 +109,9 @@ def test_compare_table_matches_the_runs(sweep):
 
 
 @pytest.mark.slow
-def test_paper_table_puts_ours_beside_the_papers_and_missing_as_missing(sweep):
+def test_paper_table_puts_ours_beside_the_papers_and_missing_as_missing(sweep, tmp_path):
     truth = summaries(sweep)
-    runs = load_runs([sweep])
+    runs = load_runs([as_saln_pets_recipe(sweep, tmp_path)])
     accuracy = next(
         s for s in specs_for({"saln_pets"}) if "accuracy (%)" in s.title and "test" not in s.title
     )
@@ -292,20 +320,170 @@ def test_smoke_and_debug_runs_never_appear_beside_a_papers_values(make_cfg, tmp_
     )
 
 
-def test_runs_of_different_budgets_in_one_comparison_are_flagged(make_cfg, tmp_path, capsys):
+SMALL_NET = ("model=fcnet", "model.hidden=16", "dataset.image_size=8")
+TINY = (*SMALL_NET, "trainer.epochs=1")
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory) -> Path:
+    """One real 1-epoch run (an FCNet on 8x8 digits), for tests that edit copies of its files."""
+    from saln_exp.train import run
+
+    cfg = compose_cfg(tmp_path_factory.mktemp("tiny"), *TINY)
+    run(cfg)
+    return Path(cfg.paths.output_dir)
+
+
+def copy_run(run_dir: Path, dest: Path) -> Path:
+    shutil.copytree(run_dir, dest, ignore=shutil.ignore_patterns("*.pt", ".lock"))
+    return dest
+
+
+@pytest.mark.slow
+def test_a_repeated_seed_is_counted_once_and_the_duplicate_named(tmp_path, capsys):
+    sweep_dir = tmp_path / "sweep"
+    result = run_cli("-m", "seed=0,0,1", "selector=none", "trainer.epochs=1", "logger=none",
+                     "trainer.progress=false", f"hydra.sweep.dir={sweep_dir}")  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    finals = {job: json.loads((sweep_dir / job / "summary.json").read_text())["final_test_acc"]
+              for job in ("0", "1", "2")}  # fmt: skip
+    assert cli.main([str(sweep_dir), "--table", "compare", "--no-figures"]) == 0
+    out, err = capsys.readouterr()
+    row = next(line for line in out.splitlines() if line.startswith("| none"))
+    mean, std = mean_std([finals["0"], finals["2"]])  # seeds 0 and 1, each once
+    assert f"{mean:.4f} ± {std:.4f} (n=2)" in row
+    duplicate_lines = [line for line in err.splitlines() if "duplicate" in line]
+    assert duplicate_lines == [
+        "note: 1 run(s) left out as duplicates of another run's configuration and seed (n counts "
+        f"distinct seeds): {sweep_dir / '1'} (kept {sweep_dir / '0'})"
+    ]
+    assert len(pd.read_csv(sweep_dir / "report" / "runs.csv")) == 2
+
+    # the most complete run is the one kept: a completed one over an interrupted one
+    (sweep_dir / "0" / "summary.json").unlink()
+    (sweep_dir / "0" / "metrics.jsonl").write_text("")
+    (sweep_dir / "0" / "status.json").write_text(json.dumps({"status": "interrupted"}))
+    assert cli.main([str(sweep_dir), "--table", "compare", "--no-figures"]) == 0
+    out, err = capsys.readouterr()
+    assert f"{sweep_dir / '0'} (kept {sweep_dir / '1'})" in err
+    assert "did not complete" not in err  # the interrupted duplicate is not a missing run
+    assert "(n=2)" in next(line for line in out.splitlines() if line.startswith("| none"))
+
+
+def test_only_runs_of_the_papers_recipe_stand_beside_its_values(tiny_run, tmp_path, capsys):
+    """Runs labelled ASSIST Table 4.5: the recipe (twice: seeds 0 and 1, the second with
+    settings that do not change results), one with fewer epochs, one with a width the thesis
+    has no row for. Only the first two fill the table; each other run is named with its keys."""
+    runs_dir, recipe = tmp_path / "runs", ("experiment=assist_4_5", "model.hidden=100")
+    variants = {
+        "recipe": ((), 0),
+        "neutral": (("trainer.progress=true", "trainer.checkpoint=false", "eval.batch_size=64",
+                     "trainer.threads=2", "device=cpu", "paths.data_dir=/elsewhere"), 1),
+        "epochs": (("trainer.epochs=2",), 2),
+        "width": (("model.hidden=50",), 3),
+    }  # fmt: skip
+    for name, (extra, seed) in variants.items():
+        give_config(copy_run(tiny_run, runs_dir / name), tmp_path, *recipe, *extra, seed=seed)
+    assert cli.main([str(runs_dir), "--table", "assist_4_5", "--no-figures",
+                     "--out", str(tmp_path / "r")]) == 0  # fmt: skip
+    out, err = capsys.readouterr()
+    test_acc = json.loads((tiny_run / "summary.json").read_text())["final_test_acc"]
+    row = next(line for line in out.splitlines() if line.startswith("| fcnet100  | none"))
+    assert f"{test_acc:.3f} ± 0.000 (n=2)" in row
+    assert not [line for line in out.splitlines() if line.startswith("| fcnet50")]
+    assert (
+        "2 run(s) of another recipe left out (they differ in model.hidden, trainer.epochs)" in out
+    )
+    assert (f"note: not assist_4_5's recipe, left out of its paper table (trainer.epochs: 2 vs "
+            f"500): {runs_dir / 'epochs'}") in err.splitlines()  # fmt: skip
+    assert (f"note: not assist_4_5's recipe, left out of its paper table (model.hidden: 50 (the "
+            f"paper's: 100, 1000, 3000)): {runs_dir / 'width'}") in err.splitlines()  # fmt: skip
+
+
+def test_the_keys_that_do_not_change_results_are_listed_in_the_docs():
+    from saln_exp import PROJECT_ROOT
+    from saln_exp.report.recipe import RESULT_NEUTRAL
+
+    docs = (PROJECT_ROOT / "docs" / "reporting.md").read_text()
+    assert [key for key in RESULT_NEUTRAL if f"`{key}`" not in docs] == []
+
+
+def test_a_non_finite_value_is_flagged_and_never_a_mean_or_best(tiny_run, tmp_path, capsys):
+    runs_dir = tmp_path / "runs"
+    for seed in range(4):
+        give_config(copy_run(tiny_run, runs_dir / f"s{seed}"), tmp_path, *TINY, seed=seed)
+    summary = json.loads((tiny_run / "summary.json").read_text())
+    diverged = {"s2": ("best_test_acc", float("inf")), "s3": ("final_test_acc", float("nan"))}
+    for name, (key, value) in diverged.items():
+        path = runs_dir / name / "summary.json"
+        path.write_text(json.dumps({**json.loads(path.read_text()), key: value}))  # Infinity, NaN
+    metrics = runs_dir / "s2" / "metrics.jsonl"
+    last = json.loads(metrics.read_text().splitlines()[-1])
+    metrics.write_text(json.dumps({**last, "test/loss_q90": float("inf")}) + "\n")
+    assert cli.main([str(runs_dir), "--table", "compare", "--no-figures",
+                     "--out", str(tmp_path / "r")]) == 0  # fmt: skip
+    out, err = capsys.readouterr()
+    numbers = compare_table(load_runs([runs_dir])).numbers.iloc[0]
+    assert numbers[("best test acc", "mean")] == pytest.approx(summary["best_test_acc"])
+    assert numbers[("test loss q0.9", "mean")] == pytest.approx(last["test/loss_q90"])
+    assert numbers[("best test acc", "n")] == numbers[("test acc", "n")] == 2  # s0 and s1
+    alone = compare_table(load_runs([runs_dir / "s2"])).numbers  # its row stays, with no number
+    assert alone[("test acc", "n")].tolist() == [0] and alone[("test acc", "mean")].isna().all()
+    assert "inf" not in out.lower().replace("information", "") and "nan" not in out.lower()
+    assert ("2 run(s) flagged for non-finite values (best_test_acc, final_test_acc, "
+            "test/loss_q90: a diverged run?) and left out of the statistics.") in out  # fmt: skip
+    assert (f"note: 2 run(s) with non-finite values flagged and left out of every mean: "
+            f"{runs_dir / 's2'} (best_test_acc, test/loss_q90); {runs_dir / 's3'} (final_test_acc)"
+            ) in err.splitlines()  # fmt: skip
+
+
+def test_runs_of_different_budgets_are_separate_rows_never_one_mean(make_cfg, tmp_path, capsys):
     from saln_exp.train import run
 
     for epochs in (1, 2):
-        cfg = make_cfg(
-            "model=fcnet", "model.hidden=16", "dataset.image_size=8", f"trainer.epochs={epochs}"
-        )
+        cfg = make_cfg(*SMALL_NET, f"trainer.epochs={epochs}")
         cfg.paths.output_dir = str(tmp_path / "runs" / f"e{epochs}")
         run(cfg)
     capsys.readouterr()
     assert cli.main([str(tmp_path / "runs"), "--out", str(tmp_path / "r"), "--no-figures"]) == 0
-    out, err = capsys.readouterr()
-    assert "note: runs of different budgets in one comparison (" in err and "epochs 1, 2" in err
-    assert "Note: runs of different budgets" in out
+    out = capsys.readouterr().out
+    rows = {
+        line.split("|")[1].strip(): line for line in out.splitlines() if line.startswith("| saln")
+    }
+    assert set(rows) == {"saln epochs=1", "saln epochs=2"}
+    assert all("(n=1)" in row and "±" not in row for row in rows.values())
+    finals = {e: json.loads((tmp_path / "runs" / f"e{e}" / "summary.json").read_text())["final_test_acc"]
+              for e in (1, 2)}  # fmt: skip
+    for epochs, row in rows.items():
+        assert f"{finals[int(epochs[-1])]:.4f} (n=1)" in row
+
+
+def test_runs_of_other_settings_sharing_a_name_are_separate_rows(tiny_run, tmp_path):
+    """Seeds 0 and 1 of one selector, with and without a validation split: two configurations,
+    so two rows that name the setting, each of one seed, never one mean."""
+    runs_dir = tmp_path / "runs"
+    for seed, fraction in ((0, 0.0), (1, 0.2)):
+        give_config(copy_run(tiny_run, runs_dir / f"v{fraction}"), tmp_path, *TINY,
+                    f"dataset.val_fraction={fraction}", seed=seed)  # fmt: skip
+    numbers = compare_table(load_runs([runs_dir])).numbers
+    assert list(numbers.index) == [
+        "saln dataset.val_fraction=0.0",
+        "saln dataset.val_fraction=0.2",
+    ]
+    assert numbers[("test acc", "n")].tolist() == [1, 1]
+
+
+def test_the_label_noise_table_never_pools_budgets(tiny_run, tmp_path):
+    from saln_exp.report.noise import noise_table
+
+    runs_dir = tmp_path / "runs"
+    for seed, epochs in ((0, 1), (1, 2)):
+        give_config(copy_run(tiny_run, runs_dir / f"e{epochs}"), tmp_path, *SMALL_NET,
+                    f"trainer.epochs={epochs}", "dataset.label_noise.rate=0.2", seed=seed)  # fmt: skip
+    runs = load_runs([runs_dir])
+    numbers = noise_table(runs.runs, runs.curves).numbers
+    assert list(numbers.index) == [("saln", "none", 1), ("saln", "none", 2)]
+    assert numbers[("test acc @ noise 0.2", "n")].tolist() == [1, 1]
 
 
 def test_every_selector_has_its_own_colour_blind_safe_style():

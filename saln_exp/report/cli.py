@@ -20,16 +20,15 @@ from pathlib import Path
 import pandas as pd
 
 from saln_exp.report.figures import report_figures
-from saln_exp.report.load import ReportError, Runs, load_runs, load_wandb, resolve_source
+from saln_exp.report.load import ReportError, Runs, load_runs, load_wandb, resolve_source, run_name
 from saln_exp.report.noise import forgetting_figures, noise_table
 from saln_exp.report.paper import all_specs, specs_for
 from saln_exp.report.tables import (
-    COMPARE_TITLE,
     FORMATS,
     LATEX_PREAMBLE,
     Table,
     compare_table,
-    mixed_budgets,
+    paper_runs,
     paper_table,
     render,
     slug,
@@ -100,7 +99,7 @@ def select_tables(runs: Runs, which: str, target: float | None) -> list[Table]:
     """The tables `--table` asks for, from the runs at hand."""
     present = set(runs.runs["experiment"].dropna())
     if which == "noise":  # selector x prune rows, label-noise-rate columns
-        return [noise_table(runs.runs, runs.curves)] if len(runs.completed) else []
+        return [noise_table(runs.runs, runs.curves)] if any_completed(runs) else []
     if which in ("auto", "all", "paper"):
         specs = all_specs() if which == "all" else specs_for(present)
     elif which == "compare":
@@ -108,9 +107,13 @@ def select_tables(runs: Runs, which: str, target: float | None) -> list[Table]:
     else:
         specs = specs_for({which})
     tables = [paper_table(spec, runs) for spec in specs]
-    if which in ("auto", "all", "compare") and len(runs.completed):
+    if which in ("auto", "all", "compare") and any_completed(runs):
         tables.append(compare_table(runs, target))
     return tables
+
+
+def any_completed(runs: Runs) -> bool:
+    return bool((runs.runs["status"] == "completed").any())
 
 
 def status_line(runs: Runs) -> str | None:
@@ -141,11 +144,39 @@ def honesty_line(runs: Runs, tables: list[Table]) -> str | None:
             if n else None)  # fmt: skip
 
 
-def budgets_line(runs: Runs, tables: list[Table]) -> str | None:
-    if not any(t.title == COMPARE_TITLE for t in tables) or not len(runs.completed):
+def duplicates_line(runs: Runs) -> str | None:
+    if not runs.duplicates:
         return None
-    mixed = mixed_budgets(runs.completed)
-    return f"note: {mixed}" if mixed else None
+    n = sum(map(len, runs.duplicates.values()))
+    pairs = "; ".join(
+        f"{', '.join(dropped)} (kept {kept})" for kept, dropped in runs.duplicates.items()
+    )
+    return (f"note: {n} run(s) left out as duplicates of another run's configuration and seed "
+            f"(n counts distinct seeds): {pairs}")  # fmt: skip
+
+
+def recipe_lines(runs: Runs, tables: list[Table]) -> list[str]:
+    """Per paper experiment in the report and per difference: one line naming the runs left out
+    of the paper's table because they are not its recipe."""
+    titles = {t.title for t in tables}
+    experiments = dict.fromkeys(s.experiment for s in all_specs() if s.title in titles)
+    lines = []
+    for experiment in experiments:
+        other = paper_runs(runs.runs, experiment).other_recipe
+        for differences, same in other.groupby("off_recipe", sort=True):
+            names = ", ".join(same.apply(run_name, axis=1))
+            lines.append(f"note: not {experiment}'s recipe, left out of its paper table "
+                         f"({differences}): {names}")  # fmt: skip
+    return lines
+
+
+def non_finite_line(runs: Runs) -> str | None:
+    flagged = runs.non_finite
+    if not len(flagged):
+        return None
+    named = "; ".join(f"{run_name(row)} ({row['non_finite']})" for _, row in flagged.iterrows())
+    return (f"note: {len(flagged)} run(s) with non-finite values flagged and left out of every "
+            f"mean: {named}")  # fmt: skip
 
 
 def upload_to_wandb(target: str, tables: list[Table], written: list[Path], out: Path) -> None:
@@ -220,9 +251,10 @@ def main(argv: list[str] | None = None) -> int:
     except ReportError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    for note in (status_line(runs), honesty_line(runs, tables), budgets_line(runs, tables)):
-        if note:
-            print(note, file=sys.stderr)
+    notes = [duplicates_line(runs), status_line(runs), honesty_line(runs, tables),
+             *recipe_lines(runs, tables), non_finite_line(runs)]  # fmt: skip
+    for note in filter(None, notes):
+        print(note, file=sys.stderr)
     print(f"report: {len(written)} files in {out}", file=sys.stderr)
     return 0
 

@@ -8,8 +8,9 @@ never from directory names.
 
 from __future__ import annotations
 
+import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ import yaml
 
 from saln_exp import rundir
 from saln_exp.errors import UserError
+from saln_exp.report.recipe import config_id, recipe_differences, results_config
 
 # the columns that say which configuration a run is; everything else is a measurement
 ID_COLUMNS = [
@@ -59,6 +61,8 @@ SUMMARY_COLUMNS = [
     "prune/recall",
     "prune/time_s",
 ]
+# what a run spends: runs that differ in these are never pooled into one mean (separate rows)
+BUDGETS = ("epochs", "batch_size", "filter_ratio")
 RUN_FILES = (rundir.SUMMARY, rundir.STATUS, rundir.METRICS)
 
 
@@ -70,10 +74,24 @@ class ReportError(UserError):
 class Runs:
     runs: pd.DataFrame  # one row per run: identity columns, summary numbers, final-epoch metrics
     curves: pd.DataFrame  # one row per run and epoch: run_id, epoch, every metrics.jsonl key
+    # the runs left out as duplicates: kept run -> the runs of the same configuration and seed
+    duplicates: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def completed(self) -> pd.DataFrame:
-        return self.runs[self.runs["status"] == "completed"]
+        """The runs every mean and spread is over: completed, with finite numbers."""
+        return counted(self.runs)
+
+    @property
+    def non_finite(self) -> pd.DataFrame:
+        """Completed runs flagged for an inf / nan value (a diverged run), left out of statistics."""
+        done = self.runs[self.runs["status"] == "completed"]
+        return done[done["non_finite"] != ""]
+
+
+def counted(runs: pd.DataFrame) -> pd.DataFrame:
+    """Completed runs whose numbers are all finite: the only ones a statistic is computed over."""
+    return runs[(runs["status"] == "completed") & (runs["non_finite"] == "")]
 
 
 def started(sweep_dir: Path) -> float:
@@ -149,7 +167,23 @@ def run_row(
     row["train_time_s"] = (
         row.get("train_time_s") if row.get("train_time_s") is not None else _train_seconds(final)
     )
+    row["non_finite"] = ", ".join(non_finite_keys(summary, final))
+    row["config_id"] = config_id(config) if config else None
+    differences = recipe_differences(config)
+    row["off_recipe"] = None if differences is None else "; ".join(differences)
     return row
+
+
+def non_finite_keys(summary: dict[str, Any], final: dict[str, Any]) -> list[str]:
+    """The numbers of a run that are inf or nan. In summary.json a nan is written as such (a
+    missing number is null); in a metrics row a nan is also how a missing key reads, so there
+    only infinities count."""
+    scalars = {k: summary.get(k) for k in SUMMARY_COLUMNS}
+    bad = [k for k, v in scalars.items() if isinstance(v, float) and not math.isfinite(v)]
+    return bad + [
+        k for k, v in final.items()
+        if k not in scalars and isinstance(v, float) and math.isinf(v)
+    ]  # fmt: skip
 
 
 def _train_seconds(final: dict[str, Any]) -> float:
@@ -167,7 +201,9 @@ def read_curve(path: Path) -> pd.DataFrame:
     return pd.DataFrame.from_records(records).apply(pd.to_numeric, errors="coerce")
 
 
-def read_local_run(run_dir: Path, run_id: str) -> tuple[dict[str, Any], pd.DataFrame]:
+def read_local_run(
+    run_dir: Path, run_id: str
+) -> tuple[dict[str, Any], pd.DataFrame, dict[str, Any]]:
     summary = _read_json(run_dir / rundir.SUMMARY)
     status = _read_json(run_dir / rundir.STATUS).get("status") or summary.get("status") or "unknown"
     config = summary.get("config")
@@ -176,58 +212,112 @@ def read_local_run(run_dir: Path, run_id: str) -> tuple[dict[str, Any], pd.DataF
     curve = read_curve(run_dir / rundir.METRICS)
     row = run_row(run_id, status, config or {}, summary, curve)
     row["run_dir"] = str(run_dir)
-    return row, curve.assign(run_id=run_id)
+    return row, curve.assign(run_id=run_id), config or {}
 
 
 def load_runs(paths: list[str | Path]) -> Runs:
     """Every run under the given sweep or run directories."""
-    rows, curves = [], []
+    rows, curves, configs = [], [], []
     for source in map(resolve_source, paths):
         for run_dir in find_run_dirs(source):
-            row, curve = read_local_run(
+            row, curve, config = read_local_run(
                 run_dir, str(run_dir.resolve())
             )  # one id per run, however reached
             rows.append(row)
             curves.append(curve)
+            configs.append(config)
     if not rows:
         raise ReportError(
             f"no runs found under {', '.join(map(str, paths))} (no {rundir.SUMMARY} / {rundir.STATUS})"
         )
-    return assemble(rows, curves)
+    return assemble(rows, curves, configs)
 
 
-def assemble(rows: list[dict[str, Any]], curves: list[pd.DataFrame]) -> Runs:
-    runs = pd.DataFrame(rows).drop_duplicates("run_id").reset_index(drop=True)
+def assemble(
+    rows: list[dict[str, Any]], curves: list[pd.DataFrame], configs: list[dict[str, Any]]
+) -> Runs:
+    """The frames, with each configuration-and-seed counted once, grouped and labelled."""
+    runs = pd.DataFrame(rows)
+    runs["config"] = configs
+    runs = runs.drop_duplicates("run_id")
+    runs, duplicates = without_duplicates(runs)
+    configs = runs.pop("config").tolist()
+    runs = runs.reset_index(drop=True)
     # str of a missing value stays missing under pandas' string dtype: name it, or the run is lost
     runs["group"] = runs["experiment"].fillna(
         runs["dataset"].fillna("unknown").astype(str)
         + "_"
         + runs["model"].fillna("unknown").astype(str)
     )
-    runs["variant"] = variant_labels(runs)
+    runs["variant"] = variant_labels(runs, configs)
+    ids = set(runs["run_id"])
+    kept = [c for c in curves if len(c) and c["run_id"].iloc[0] in ids]
     curve_frame = (
-        pd.concat([c for c in curves if len(c)], ignore_index=True)
-        if any(len(c) for c in curves)
-        else pd.DataFrame({"run_id": [], "epoch": []})
+        pd.concat(kept, ignore_index=True) if kept else pd.DataFrame({"run_id": [], "epoch": []})
     )
-    return Runs(runs=runs, curves=curve_frame)
+    return Runs(runs=runs, curves=curve_frame, duplicates=duplicates)
 
 
-def variant_labels(runs: pd.DataFrame) -> pd.Series:
+def run_name(row: pd.Series) -> str:
+    """A run as a person finds it again: its directory, or its W&B id."""
+    return str(row["run_dir"]) if isinstance(row.get("run_dir"), str) else str(row["run_id"])
+
+
+def without_duplicates(runs: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, list[str]]]:
+    """One run per configuration and seed: the most complete (completed first, then the one
+    with most epochs, then the first by name); the others are returned by the kept one's name.
+    Runs without a recorded configuration or seed are never merged."""
+    names = runs.apply(run_name, axis=1)
+    epochs_done = pd.to_numeric(runs["epoch"], errors="coerce") if "epoch" in runs else 0
+    ranked = runs.assign(
+        _unfinished=runs["status"] != "completed", _epochs=-epochs_done, _name=names
+    ).sort_values(["_unfinished", "_epochs", "_name"], na_position="last")
+    duplicates: dict[str, list[str]] = {}
+    known = ranked["config_id"].notna() & ranked["seed"].notna()
+    for _, same in ranked[known].groupby(["config_id", "seed"], sort=False):
+        if len(same) > 1:
+            duplicates[same["_name"].iloc[0]] = same["_name"].iloc[1:].tolist()
+    dropped = {name for names in duplicates.values() for name in names}
+    keep = ~names.isin(dropped)
+    return runs[keep], duplicates
+
+
+# identity columns a label may name, by their short names; budgets are among them, so runs of
+# different budgets are different rows and lines, never one mean
+LABEL_COLUMNS = ("model", *BUDGETS, "lr", "prune", "noise_rate")
+
+
+def variant_labels(runs: pd.DataFrame, configs: list[dict[str, Any]]) -> pd.Series:
     """A short label per run naming what differs from the other runs of its group (seeds aside):
-    the line names in figures and row names in comparisons."""
+    the line names in figures and row names in comparisons. Runs that would still share a label
+    with another configuration get the settings that tell them apart, so a label is one
+    configuration and a row's n counts its seeds."""
     labels = pd.Series("", index=runs.index, dtype=object)
     for _, group in runs.groupby("group", dropna=False):
         method = method_column(group)
         per_method = group.groupby(method, dropna=False)
-        varying = [
-            c
-            for c in ("model", "batch_size", "filter_ratio", "lr", "prune", "noise_rate")
-            if (per_method[c].nunique(dropna=False) > 1).any()
-        ]
+        varying = [c for c in LABEL_COLUMNS if (per_method[c].nunique(dropna=False) > 1).any()]
         parts = [as_text(group[method])] + [f"{c}=" + as_text(group[c]) for c in varying]
         labels[group.index] = pd.concat(parts, axis=1).agg(" ".join, axis=1)
-    return labels
+    return labels + settings_apart(runs, configs, labels)
+
+
+def settings_apart(
+    runs: pd.DataFrame, configs: list[dict[str, Any]], labels: pd.Series
+) -> pd.Series:
+    """For runs whose label covers several configurations: ` key=value` for each setting that
+    differs among them (seeds aside); empty elsewhere."""
+    extra = pd.Series("", index=runs.index, dtype=object)
+    flat = pd.Series([results_config(c) for c in configs], index=runs.index)
+    for _, same in runs.groupby([runs["group"], labels], dropna=False):
+        if same["config_id"].nunique() < 2:
+            continue
+        settings = [flat[i] for i in same.index]
+        keys = sorted({k for s in settings for k in s if k != "seed"})
+        differ = [k for k in keys if len({json.dumps(s.get(k), default=str) for s in settings}) > 1]
+        for i, s in zip(same.index, settings, strict=True):
+            extra[i] = "".join(f" {k}={s.get(k)}" for k in differ)
+    return extra
 
 
 def as_text(column: pd.Series) -> pd.Series:
@@ -263,7 +353,7 @@ def load_wandb(spec: str) -> Runs:
 
         api = wandb.Api(timeout=60)
         wandb_runs = list(api.runs(project, filters={"group": group} if group else None))
-        rows, curves = [], []
+        rows, curves, configs = [], [], []
         for run in wandb_runs:
             curve = run.history(samples=100_000, pandas=True).sort_values("epoch")
             curve = curve[[c for c in curve.columns if not c.startswith("_")]].reset_index(
@@ -281,10 +371,11 @@ def load_wandb(spec: str) -> Runs:
                 )
             )
             curves.append(curve.assign(run_id=rows[-1]["run_id"]))
+            configs.append(dict(run.config))
     except Exception as err:  # network, auth, unknown project: one line, not a traceback
         raise ReportError(
             f"could not read W&B runs of {spec}: {type(err).__name__}: {err}"
         ) from None
     if not rows:
         raise ReportError(f"W&B {spec} has no runs")
-    return assemble(rows, curves)
+    return assemble(rows, curves, configs)

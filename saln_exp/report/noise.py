@@ -20,7 +20,8 @@ from matplotlib.figure import Figure
 
 from saln_exp import rundir
 from saln_exp.report.figures import save
-from saln_exp.report.tables import Table, mean_std_n
+from saln_exp.report.load import BUDGETS, counted
+from saln_exp.report.tables import Table, mean_std_n, non_finite_note
 
 NOISY_KEPT = "select/noisy_kept_frac"
 PRUNE_KEYS = ("prune/kept_frac", "prune/noisy_kept_frac", "prune/precision", "prune/recall")
@@ -167,9 +168,10 @@ def noise_table(
     rates: list[float] | None = None,
     metric: str = "final_test_acc",
 ) -> Table:
-    """Rows: selector and pruning method; columns: per noise rate, test accuracy and the noisy
-    share of trained samples, as mean ± std over seeds. `rates` defaults to those present."""
-    done = add_noise_columns(runs[runs["status"] == "completed"])
+    """Rows: selector and pruning method (and the budget, where runs differ in one); columns: per
+    noise rate, test accuracy and the noisy share of trained samples, as mean ± std over seeds.
+    `rates` defaults to those present. Runs with a non-finite number are flagged in the note."""
+    done = add_noise_columns(counted(runs))
     if rates is None:
         rates = sorted(done["noise_rate"].dropna().unique())
     noisy_kept = noisy_kept_fraction(done, curves)
@@ -182,11 +184,15 @@ def noise_table(
         if rate > 0:  # without noise every trained sample is clean: nothing to show
             columns[f"noisy kept @ noise {rate:g}"] = noisy_kept.where(at)
             digits[f"noisy kept @ noise {rate:g}"] = 3
-    keys = ["selector", "prune"]
+    keys = ["selector", "prune", *(b for b in BUDGETS if b in done and done[b].nunique() > 1)]
     frame = pd.concat([done[keys], pd.DataFrame(columns, index=done.index)], axis=1)
     numbers = mean_std_n(frame, keys) if len(frame) else pd.DataFrame()
     numbers = numbers.iloc[sorted(range(len(numbers)), key=lambda i: _row_order(numbers.index[i]))]
-    return Table("Label noise: selectors and dataset pruning", numbers, digits, _note(done, metric))
+    note = _note(done, metric)
+    flagged = runs[(runs["status"] == "completed") & ~runs.index.isin(done.index)]
+    if len(flagged):
+        note += " " + non_finite_note(flagged)
+    return Table("Label noise: selectors and dataset pruning", numbers, digits, note)
 
 
 def _row_order(key: tuple) -> tuple:

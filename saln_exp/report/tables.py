@@ -47,11 +47,10 @@ def mean_std_n(frame: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
 
 
 def paper_table(spec: TableSpec, runs: Runs) -> Table:
-    """One paper table: the paper's rows (plus any extra rows we ran), ours next to theirs."""
-    done = runs.completed[runs.completed["experiment"] == spec.experiment]
-    done = done.assign(**{spec.row_label: done["paper_row"]})  # the paper's name for each row
-    trial = trial_runs(done)
-    done = done[~trial]
+    """One paper table: the paper's rows (plus any extra rows we ran), ours next to theirs, from
+    runs of the paper's recipe only."""
+    beside = paper_runs(runs.runs, spec.experiment)
+    done = beside.counted.assign(**{spec.row_label: beside.counted["paper_row"]})
     keys = list(spec.row_keys)
     values = pd.DataFrame(
         {m.header: metric_values(done, m.ours, m.scale) for m in spec.metrics}, index=done.index
@@ -73,9 +72,49 @@ def paper_table(spec: TableSpec, runs: Runs) -> Table:
     numbers[[c for c in numbers.columns if c[1] == "n"]] = numbers[
         [c for c in numbers.columns if c[1] == "n"]
     ].fillna(0)
-    note = spec.note + (f" {int(trial.sum())} smoke/debug run(s) left out: they are not the "
-                        "paper's recipe." if trial.any() else "")  # fmt: skip
+    note = " ".join([spec.note, *beside.notes()])
     return Table(spec.title, numbers, {m.header: m.digits for m in spec.metrics}, note.strip())
+
+
+@dataclass
+class PaperRuns:
+    """The completed runs of one paper experiment, by what the report does with them."""
+
+    counted: pd.DataFrame  # the paper's recipe, finite numbers: beside the paper's values
+    trial: pd.DataFrame  # smoke=true or a debug/ file
+    other_recipe: pd.DataFrame  # differ from the experiment file (`off_recipe` says how)
+    non_finite: pd.DataFrame  # the paper's recipe, but an inf / nan value: flagged, not counted
+
+    def notes(self) -> list[str]:
+        """What the table's note says about the runs it does not count."""
+        notes = []
+        if len(self.trial):
+            notes.append(f"{len(self.trial)} smoke/debug run(s) left out: they are not the "
+                         "paper's recipe.")  # fmt: skip
+        if len(self.other_recipe):
+            keys = sorted({d.split(":")[0] for text in self.other_recipe["off_recipe"]
+                           for d in text.split("; ")})  # fmt: skip
+            notes.append(f"{len(self.other_recipe)} run(s) of another recipe left out (they "
+                         f"differ in {', '.join(keys)}).")  # fmt: skip
+        if len(self.non_finite):
+            notes.append(non_finite_note(self.non_finite))
+        return notes
+
+
+def paper_runs(runs: pd.DataFrame, experiment: str) -> PaperRuns:
+    """Sort the completed runs of `experiment`: only runs of its recipe (the experiment file)
+    stand beside a paper's values, and only those with finite numbers enter a mean."""
+    done = runs[(runs["status"] == "completed") & (runs["experiment"] == experiment)]
+    trial = trial_runs(done)
+    other = ~trial & (done["off_recipe"].fillna("") != "")
+    flagged = ~trial & ~other & (done["non_finite"] != "")
+    return PaperRuns(done[~trial & ~other & ~flagged], done[trial], done[other], done[flagged])
+
+
+def non_finite_note(flagged: pd.DataFrame) -> str:
+    keys = sorted({k for text in flagged["non_finite"] for k in text.split(", ")})
+    return (f"{len(flagged)} run(s) flagged for non-finite values ({', '.join(keys)}: a diverged "
+            "run?) and left out of the statistics.")  # fmt: skip
 
 
 def trial_runs(runs: pd.DataFrame) -> pd.Series:
@@ -83,21 +122,6 @@ def trial_runs(runs: pd.DataFrame) -> pd.Series:
     smoke = runs["smoke"].fillna(False).astype(bool) if "smoke" in runs else False
     debug = runs["debug"].notna() if "debug" in runs else False
     return pd.Series(smoke | debug, index=runs.index, dtype=bool)
-
-
-def mixed_budgets(runs: pd.DataFrame) -> str | None:
-    """One line when runs of one comparison group differ in epochs or batch size."""
-    parts = []
-    for group, frame in runs.groupby("group", dropna=False):
-        differ = [f"{col.replace('_', ' ')} {', '.join(str(v) for v in sorted(frame[col].dropna().unique()))}"
-                  for col in ("epochs", "batch_size") if col in frame and frame[col].nunique() > 1]  # fmt: skip
-        if differ:
-            parts.append(f"{group}: {'; '.join(differ)}")
-    return (
-        ("runs of different budgets in one comparison (" + " | ".join(parts) + ")")
-        if parts
-        else None
-    )
 
 
 def as_multiindex(frame: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
@@ -254,6 +278,8 @@ def value_at(curves: pd.DataFrame, x: str, budgets: pd.Series, y: str = "test/ac
             return np.nan
         return float(np.interp(budget, curve[x], curve[y], left=np.nan, right=np.nan))
 
+    if curves.empty:  # no run to interpolate (every completed run flagged as non-finite)
+        return pd.Series(dtype=float)
     return curves.groupby("run_id")[[x, y]].apply(at)
 
 
@@ -279,15 +305,19 @@ def budgets_note(runs: pd.DataFrame, curves: pd.DataFrame) -> str:
         f"{g}: {row[TRAIN_SECONDS]:.2f} s, {row[BACKPROP]:,.0f} samples"
         for g, row in per_group.iterrows()
     ]
-    return "Equal budgets (smallest final budget of the group): " + "; ".join(parts) + "."
+    return ("Equal budgets (smallest final budget of the group): " + "; ".join(parts) + "."
+            if parts else "")  # fmt: skip
 
 
 def compare_table(runs: Runs, target: float | None = None) -> Table:
     """One row per configuration (seeds pooled): accuracy, loss quantiles, cost, and accuracy at
-    equal training time and equal back-propagated samples."""
-    done = runs.completed.copy()
+    equal training time and equal back-propagated samples. A run with a non-finite number keeps
+    its row (shown missing where it was the only run) and is left out of the statistics."""
+    flagged = runs.non_finite
+    done = pd.concat([runs.completed, flagged])  # flagged runs keep their row, not their numbers
+    counted = done["non_finite"] == ""
     curves = with_train_seconds(runs.curves)
-    curves = curves[curves["run_id"].isin(done["run_id"])]
+    curves = curves[curves["run_id"].isin(done.loc[counted, "run_id"])]
     if target is None:
         target = (
             float(done["target_acc"].dropna().iloc[0]) if done["target_acc"].notna().any() else 0.9
@@ -298,7 +328,7 @@ def compare_table(runs: Runs, target: float | None = None) -> Table:
     keys = ["group", "variant"] if done["group"].nunique() > 1 else ["variant"]
     values = pd.DataFrame(
         {h: metric_values(done, col, 1) for h, col, _ in COMPARE_METRICS}, index=done.index
-    )
+    ).where(counted)  # a non-finite run counts in no mean, no spread and no n
     numbers = mean_std_n(pd.concat([done[keys], values], axis=1), keys)
     numbers = numbers.rename_axis(["group", "method"][-len(keys) :])
     note = (
@@ -307,8 +337,9 @@ def compare_table(runs: Runs, target: float | None = None) -> Table:
         f"features, trained or loaded from the cache), not in train+select s. acc @ equal time / samples: test accuracy interpolated from each run's "
         f"curve at the group's smallest final budget. s to target: training seconds until test "
         f"accuracy first reached {target:g} (— = never; n counts the runs that did). A run whose first "
-        f"evaluation comes after the equal budget shows — there. {budgets_note(done, curves)}"
+        f"evaluation comes after the equal budget shows — there. "
+        f"{budgets_note(done[counted], curves)}"
     )
-    if mixed := mixed_budgets(done):
-        note += f" Note: {mixed}."
+    if len(flagged):
+        note += " " + non_finite_note(flagged)
     return Table(COMPARE_TITLE, numbers, {h: d for h, _, d in COMPARE_METRICS}, note)
