@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from saln_exp.errors import ConfigError, UserError
+from saln_exp.resume import recorded_command
 from saln_exp.rundir import CHECKPOINT, PREVIOUS_CHECKPOINT, save_torch
 from saln_exp.safe_load import load_plain
 
@@ -90,7 +91,10 @@ def check_same_run(saved: dict[str, Any], current: dict[str, Any], run_dir: Path
     changed = differences(saved, current)
     if changed:
         shown = ", ".join(changed[:5]) + (" ..." if len(changed) > 5 else "")
+        command = recorded_command(run_dir)
+        how = (f"to resume it, run: {command}" if command
+               else "continue it with the settings it was started with")  # fmt: skip
         raise ConfigError(
             f"{run_dir} holds a checkpoint of another configuration (differs in {shown}); "
-            "resume with the same settings, or choose a new hydra.run.dir"
+            f"{how}; or choose a new hydra.run.dir"
         )

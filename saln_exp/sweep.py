@@ -2,7 +2,9 @@
 
 Each job records its own outcome in `<job dir>/status.json` (see tracking.RunFiles). When the
 sweep ends, the `SweepStatus` callback gathers them into `sweep.json`, prints one line per job,
-and exits non-zero if any job failed, so a sweep never reports success over a failed run.
+and exits non-zero if any job failed, so a sweep never reports success over a failed run. Where
+a job did not complete, or the sweep is interrupted, it prints the command that resumes the
+sweep in place (saln_exp.resume): completed jobs are skipped, unfinished ones continue.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from saln_exp.errors import UserError
+from saln_exp.resume import SWEEP_COMMAND_ENV, sweep_command, sweep_lines
 from saln_exp.rundir import STATUS, SUMMARY, SWEEP, read_json, write_json
 
 log = logging.getLogger(__name__)
@@ -144,6 +147,7 @@ def point_latest_at(sweep_dir: Path) -> None:
 class SweepStatus(Callback):
     def __init__(self) -> None:
         self.started: str | None = None
+        self.resume_command = ""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         self.started = time.strftime("%Y-%m-%dT%H:%M:%S")
@@ -153,6 +157,9 @@ class SweepStatus(Callback):
         except UserError as err:
             print(f"error: {err}", file=sys.stderr)
             sys.exit(2)
+        # this process has the command the user typed; a job run elsewhere (submitit) inherits it
+        self.resume_command = sweep_command(sweep_dir, sys.argv[1:])
+        os.environ[SWEEP_COMMAND_ENV] = self.resume_command
         self._record_on_signals(sweep_dir)
 
     def _record_on_signals(self, sweep_dir: Path) -> None:
@@ -162,7 +169,7 @@ class SweepStatus(Callback):
         def record_and_exit(signum: int, frame: Any) -> None:
             jobs = write_sweep_json(sweep_dir, self.started)
             print(f"sweep interrupted by {signal.Signals(signum).name}: {len(jobs)} job(s) recorded "
-                  f"in {sweep_dir / SWEEP}; rerun with hydra.sweep.dir={sweep_dir} to continue",
+                  f"in {sweep_dir / SWEEP}; {sweep_lines(sweep_dir, self.resume_command)}",
                   file=sys.stderr)  # fmt: skip
             sys.exit(128 + signum)
 
@@ -191,6 +198,7 @@ class SweepStatus(Callback):
             file=sys.stderr,
         )
         if failed:
+            print(sweep_lines(sweep_dir, self.resume_command), file=sys.stderr)
             print(
                 f"error: {len(failed)} job(s) failed: "
                 + "; ".join(

@@ -25,7 +25,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
 from saln_exp import PROJECT_ROOT, distributed, rng
-from saln_exp.checkpoint import Checkpoints, check_same_run
+from saln_exp.checkpoint import Checkpoints, check_same_run, differences
 from saln_exp.config import resolve_device, validate
 from saln_exp.console import print_run_summary
 from saln_exp.data import build_data, shape_of
@@ -35,6 +35,7 @@ from saln_exp.metrics import summarize
 from saln_exp.models import build_model
 from saln_exp.prune import prune_dataset
 from saln_exp.prune import shrink_for_smoke as shrink_pruning_for_smoke
+from saln_exp.resume import how_to_resume, resume_command
 from saln_exp.rundir import CHECKPOINT, METRICS, STATUS, SUMMARY, RunFiles
 from saln_exp.selectors import build_selector, selector_class
 from saln_exp.stop import Interrupted, stop_on_signals
@@ -166,6 +167,22 @@ def set_threads(requested: int | None) -> tuple[int, str]:
     return torch.get_num_threads(), source
 
 
+def already_completed(cfg: DictConfig, files: RunFiles) -> dict | None:
+    """The summary of this very run when it has already completed in this directory: the same
+    configuration and number of epochs (a rerun of a finished job of a sweep, or of a pasted
+    resume command). A run with more epochs continues instead; another configuration is refused
+    by check_the_directory."""
+    summary = files.read_summary()
+    saved = summary.get("config")
+    if summary.get("status") != "completed" or not isinstance(saved, dict):
+        return None
+    current = _plain(cfg)
+    if cfg.seed is None:  # `seed: null` drew one the first time
+        current["seed"] = saved.get("seed")
+    same_epochs = saved.get("trainer", {}).get("epochs") == current["trainer"]["epochs"]
+    return summary if same_epochs and not differences(saved, current) else None
+
+
 def check_the_directory(cfg: DictConfig, files: RunFiles) -> None:
     """Refuse, before anything is written, a directory whose files belong to another run."""
     checkpoints = Checkpoints(files.dir)
@@ -195,16 +212,21 @@ def refuse(message: str, multirun: bool) -> float:
 
 
 def stopped(err: Interrupted, files: RunFiles, runtime, started: bool) -> None:
-    """Interrupted: status, one line, sweep.json, and the exit status of the signal."""
+    """Interrupted: status, the command that resumes the run (on a line of its own, to paste),
+    sweep.json, and the exit status of the signal."""
     if started:
-        files.try_write_status("interrupted", error=err.signal_name, overrides=runtime.overrides)
-    resumable = Checkpoints(files.dir).exists()
-    print(
-        f"interrupted by {err.signal_name}: "
-        + (f"rerun the same command to resume {files.dir} from its last checkpoint"
-           if resumable else f"no checkpoint in {files.dir}, a rerun starts over"),
-        file=sys.stderr,
-    )  # fmt: skip
+        files.try_write_status(
+            "interrupted", error=err.signal_name, overrides=runtime.overrides,
+            resume=resume_command(files.dir)[0],
+        )  # fmt: skip
+    checkpointed = Checkpoints(files.dir).exists()
+    # stopped before its first checkpoint, the run starts again in its directory
+    if checkpointed or not files.holds_results():
+        advice = how_to_resume(files.dir, checkpointed)
+    else:
+        advice = (f"{files.dir} has no checkpoint (trainer.checkpoint=false), so it cannot resume; "
+                  f"its epochs so far stay in its {METRICS}")  # fmt: skip
+    print(f"interrupted by {err.signal_name}: {advice}", file=sys.stderr)
     if runtime.multirun:
         write_sweep_json(Path(HydraConfig.get().sweep.dir))
     sys.exit(128 + err.signum)
@@ -248,7 +270,10 @@ def run_peer(cfg: DictConfig) -> float:
     with contextlib.suppress(UserError):
         apply_smoke(cfg)  # rank 0 reports such an error
     record_selector_choice(cfg, hydra_runtime())
-    run_dir, seed = distributed.broadcast_object(None)  # type: ignore[misc]
+    shared = distributed.broadcast_object(None)
+    if shared is None:  # rank 0 found the run already completed: nothing to train
+        return math.nan
+    run_dir, seed = shared  # type: ignore[misc]
     run_dir = Path(run_dir)
     remove_stray_hydra_dir(Path(cfg.paths.output_dir), run_dir)
     with open_dict(cfg):
@@ -291,8 +316,18 @@ def run_one(cfg: DictConfig) -> float:
     started = False  # nothing is written before the directory is ours and its files are this run's
     try:
         with files.claimed(), stop_on_signals():
+            done = already_completed(cfg, files)
+            if done is not None:
+                if distributed.WORLD.active:
+                    distributed.broadcast_object(None)  # the other ranks have nothing to do
+                log.info("%s already completed with this configuration; skipped", run_dir)
+                print_run_summary(done, run_dir)
+                value = done.get("metric_value")
+                return math.nan if value is None else float(value)
             check_the_directory(cfg, files)
-            files.write_status("running", overrides=runtime.overrides)
+            files.write_status(
+                "running", overrides=runtime.overrides, resume=resume_command(run_dir)[0]
+            )
             started = True
             if distributed.WORLD.active:  # the other ranks train here, with this seed
                 if cfg.seed is None:
@@ -318,8 +353,9 @@ def run_one(cfg: DictConfig) -> float:
     except BaseException as err:  # KeyboardInterrupt, SystemExit: resumable, not failed
         if started:
             files.try_write_status(
-                "interrupted", error=type(err).__name__, overrides=runtime.overrides
-            )
+                "interrupted", error=type(err).__name__, overrides=runtime.overrides,
+                resume=resume_command(run_dir)[0],
+            )  # fmt: skip
         raise
     print_run_summary(summary, run_dir)
     return float(summary["metric_value"])

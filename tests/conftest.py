@@ -83,3 +83,23 @@ def run_cli(
         [str(BIN / "saln-train"), *args], cwd=cwd or PROJECT_ROOT, env=full_env,
         capture_output=True, text=True, timeout=timeout,
     )  # fmt: skip
+
+
+def printed_command(output: str) -> str:
+    """The command an interrupted run or sweep printed to resume it: the line after the one
+    that ends with `run:`, taken as is."""
+    lines = output.splitlines()
+    said = [i for i, line in enumerate(lines) if "interrupted by" in line and line.endswith("run:")]
+    assert said and said[-1] + 1 < len(lines), f"no resume command printed:\n{output[-3000:]}"
+    return lines[said[-1] + 1]
+
+
+def in_a_shell(command: str, cwd: Path, env: dict | None = None, timeout: int = 600):
+    """`command` pasted into bash, in `cwd`, with this environment's bin first on PATH (an
+    activated virtual environment)."""
+    full_env = {**os.environ, "WANDB_MODE": "disabled", **(env or {})}
+    full_env["PATH"] = f"{BIN}{os.pathsep}{full_env.get('PATH', '')}"
+    return subprocess.run(
+        ["bash", "-c", command], cwd=cwd, env=full_env, capture_output=True, text=True,
+        timeout=timeout,
+    )  # fmt: skip

@@ -71,10 +71,10 @@ def test_a_resume_with_another_config_is_refused_before_any_file_changes(
 
 
 def test_a_finished_run_without_checkpoints_is_not_overwritten(make_cfg, tmp_path, capsys):
-    overrides = (*SMALL, "trainer.epochs=1", "trainer.checkpoint=false")
-    run(make_cfg(*overrides))
+    overrides = (*SMALL, "trainer.checkpoint=false")
+    run(make_cfg(*overrides, "trainer.epochs=1"))
     before = snapshot(tmp_path / "run")
-    err = refused(capsys, run, make_cfg(*overrides))
+    err = refused(capsys, run, make_cfg(*overrides, "trainer.epochs=2"))  # nothing to continue from
     assert "no checkpoint" in err and str(tmp_path / "run") in err
     assert snapshot(tmp_path / "run") == before
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -12,8 +13,11 @@ import time
 from pathlib import Path
 
 import pytest
+from hydra.core.override_parser.overrides_parser import OverridesParser
 
-from conftest import BIN, TIME_KEYS
+from conftest import BIN, TIME_KEYS, in_a_shell, printed_command
+from saln_exp import resume
+from saln_exp.resume import RUN_DIR, hydra_value
 from saln_exp.train import run
 from saln_exp.trainer import Trainer
 from wandb_records import history, run_info
@@ -128,6 +132,29 @@ def test_resuming_with_another_configuration_is_refused(make_cfg, tmp_path, caps
     assert "another configuration" in err and "optimizer.lr" in err and "hydra.run.dir" in err
 
 
+@pytest.mark.parametrize("checkpoints", ["true", "false"])
+def test_a_completed_run_rerun_with_the_same_settings_is_skipped(
+    make_cfg, tmp_path, monkeypatch, checkpoints
+):
+    """What a resumed sweep does with its finished jobs: nothing is trained, written or sent to
+    W&B; the run's own result is returned. (More epochs continue it: see the test above.)"""
+    overrides = (*SMALL, "trainer.epochs=1", f"trainer.checkpoint={checkpoints}")
+    value = run(make_cfg(*overrides))
+    run_dir = tmp_path / "run"
+    before = {
+        p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in run_dir.iterdir() if p.is_file()
+    }
+    started = []
+    monkeypatch.setattr("saln_exp.tracking.WandbRun.start", lambda *a, **k: started.append(a))
+    again = run(make_cfg(*overrides, "logger=wandb"))
+    assert again == value
+    after = {
+        p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in run_dir.iterdir() if p.is_file()
+    }
+    assert after == before
+    assert started == []
+
+
 def test_resume_dir_override_continues_that_run(make_cfg, tmp_path, monkeypatch):
     interrupt_at_step(monkeypatch, 30)
     with pytest.raises(KeyboardInterrupt):
@@ -198,3 +225,130 @@ def test_kill_9_in_the_middle_of_an_epoch_then_rerun_the_same_command(tmp_path):
     assert "resumed from" in (run_dir / "train.log").read_text()
     assert metrics(run_dir) == metrics(tmp_path / "straight")
     assert sys.executable  # the same interpreter ran all three
+
+
+# a CLI run long enough to be stopped after its first checkpoint: lenet, 3 epochs of digits
+CLI = ("logger=none", "trainer.progress=false", "dataset.batch_size=16",
+       "trainer.checkpoint_every_steps=10")  # fmt: skip
+
+
+def interrupted_cli(args: list[str], checkpoint_glob: str, out: Path) -> str:
+    """`saln-train args` with its outputs under `out` (the default, time-named directories),
+    SIGINT once a checkpoint matches `checkpoint_glob`; its stderr."""
+    env = {**os.environ, "WANDB_MODE": "disabled", "SALN_LOG_DIR": str(out),
+           "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}  # fmt: skip
+    proc = subprocess.Popen(
+        ["saln-train", *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    deadline = time.time() + 300
+    while not list(out.glob(checkpoint_glob)) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 128 + signal.SIGINT, err[-3000:]
+    return err
+
+
+@pytest.mark.slow
+def test_an_interrupted_run_resumes_with_the_command_it_prints(tmp_path):
+    """Ctrl-C a run in its default (time-named) directory, paste what it printed: the same
+    directory continues to the uninterrupted metrics, and no second run directory appears."""
+    args = [*CLI, "trainer.epochs=3"]
+    straight = in_a_shell(
+        f"saln-train {' '.join(args)} hydra.run.dir={tmp_path}/straight", tmp_path
+    )
+    assert straight.returncode == 0, straight.stderr[-2000:]
+
+    out = tmp_path / "out"
+    err = interrupted_cli(args, "runs/*/*/checkpoint.pt", out)
+    (run_dir,) = out.glob("runs/*/*")
+    assert not (run_dir / "summary.json").exists(), "the signal came too late to test anything"
+    line = printed_command(err)
+    assert (
+        line.startswith("saln-train ")
+        and json.loads((run_dir / "status.json").read_text())["resume"] == line
+    )  # also there for whoever lost the terminal
+
+    resumed = in_a_shell(line, cwd=tmp_path, env={"SALN_LOG_DIR": str(out)})
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert list(out.glob("runs/*/*")) == [run_dir]
+    assert "resumed from" in (run_dir / "train.log").read_text()
+    assert metrics(run_dir) == metrics(tmp_path / "straight")
+
+
+def job_results(sweep_dir: Path) -> list[tuple]:
+    jobs = json.loads((sweep_dir / "sweep.json").read_text())["jobs"]
+    return [(j["dir"], j["status"], j["overrides"], j.get("metric"), j.get("value")) for j in jobs]
+
+
+@pytest.mark.slow
+def test_an_interrupted_sweep_resumes_with_the_command_it_prints(tmp_path):
+    """Ctrl-C a sweep in its second job, paste what it printed: the completed job is skipped
+    (its files untouched), the second continues, and the sweep's results are those of an
+    uninterrupted sweep, in the same sweep directory."""
+    args = ["-m", *CLI, "trainer.epochs=2", "seed=0,1"]
+    straight = in_a_shell(
+        f"saln-train {' '.join(args)} hydra.sweep.dir={tmp_path}/straight", tmp_path,
+        env={"SALN_LOG_DIR": str(tmp_path / "elsewhere")},
+    )  # fmt: skip
+    assert straight.returncode == 0, straight.stderr[-2000:]
+
+    out = tmp_path / "out"
+    err = interrupted_cli(args, "sweeps/2*/1/checkpoint.pt", out)
+    (sweep_dir,) = out.glob("sweeps/2*")
+    assert not (sweep_dir / "1" / "summary.json").exists(), "the signal came too late"
+    first_job = {f: (sweep_dir / "0" / f).stat().st_mtime_ns
+                 for f in ("summary.json", "status.json", "metrics.jsonl", "checkpoint.pt")}  # fmt: skip
+
+    resumed = in_a_shell(printed_command(err), cwd=tmp_path, env={"SALN_LOG_DIR": str(out)})
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert sorted(p.name for p in (out / "sweeps").iterdir()) == [sweep_dir.name, "latest"]
+    assert {f: (sweep_dir / "0" / f).stat().st_mtime_ns for f in first_job} == first_job
+    assert "already completed" in (sweep_dir / "0" / "train.log").read_text()
+    assert "resumed from" in (sweep_dir / "1" / "train.log").read_text()
+    assert job_results(sweep_dir) == job_results(tmp_path / "straight")
+    for job in ("0", "1"):
+        assert metrics(sweep_dir / job) == metrics(tmp_path / "straight" / job), job
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/data/my runs/a", "/data/a,b", "/data/it's", "/data/(x)=[y]", "/data/~ü", "/d/a\\'b\\"],
+)
+def test_the_pinned_directory_reaches_hydra_unchanged_through_a_shell(path):
+    """Oracle: the shell's own word splitting, then Hydra's override parser."""
+    word = f"{RUN_DIR}={hydra_value(path)}"
+    (parsed,) = shlex.split(shlex.join([word]))
+    override = OverridesParser.create().parse_override(parsed)
+    assert not override.is_sweep_override() and override.value() == path
+
+
+def test_the_command_is_the_one_typed_with_its_directory_pinned(monkeypatch, tmp_path):
+    typed = ["-cn", "config", "model=fcnet", "tags=[a, b]", "resume=/old", "hydra.run.dir=/x"]
+    monkeypatch.setattr(resume, "_command_line", lambda: typed)
+    command, nodes = resume.run_command(tmp_path / "run")
+    assert shlex.split(command)[1:] == [*typed[:4], f"hydra.run.dir={tmp_path / 'run'}"]
+    assert nodes == 1
+    swept = shlex.split(
+        resume.sweep_command(tmp_path / "sweep", ["-m", "seed=0,1", "hydra.sweep.dir=/y"])
+    )
+    assert swept[1:] == ["-m", "seed=0,1", f"hydra.sweep.dir={tmp_path / 'sweep'}"]
+
+
+@pytest.mark.parametrize(("world", "per_node"), [(2, 2), (8, 4)])
+def test_under_torchrun_the_command_starts_torchrun(monkeypatch, tmp_path, world, per_node):
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "abc")
+    monkeypatch.setenv("WORLD_SIZE", str(world))
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", str(per_node))
+    monkeypatch.setattr(resume, "_command_line", lambda: ["model=fcnet"])
+    command, nodes = resume.run_command(tmp_path)
+    nodes_flag = "--standalone" if world == per_node else f"--nnodes={world // per_node}"
+    assert shlex.split(command)[1:] == [
+        nodes_flag, f"--nproc_per_node={per_node}", "-m", "saln_exp.train", "model=fcnet",
+        f"hydra.run.dir={tmp_path}",
+    ]  # fmt: skip
+    assert Path(shlex.split(command)[0]).name == "torchrun"
+    advice = resume.how_to_resume(tmp_path)
+    assert advice.endswith(f"run:\n{command}")
+    assert ("on each of its 2 nodes" in advice) == (nodes == 2)
