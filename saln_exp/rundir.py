@@ -11,6 +11,7 @@ belong to another run.
     metrics.jsonl        one JSON line per finished epoch (what reports and W&B plot)
     summary.json         written once, when the run completes
     status.json          running | completed | failed | interrupted, with host, pid, overrides
+                         and, until it completes, the command that resumes the run
     checkpoint.pt        the newest checkpoint; checkpoint.prev.pt the one before it
     wandb_id             the W&B run id, so a resumed run continues the same W&B run
     selection_example.pt one candidate batch with its kept mask (SALN Fig. 7-8)
@@ -210,9 +211,12 @@ class RunFiles:
         return read_json(self.status_path)
 
     def write_status(self, status: str, **extra: Any) -> None:
-        """Status with what was there before (overrides, start time) carried over."""
+        """Status with what was there before (overrides, start time, and until the run completes
+        the command that resumes it) carried over."""
         previous = self.read_status()
+        unfinished = {"resume": previous["resume"]} if "resume" in previous else {}
         payload = {
+            **({} if status == "completed" else unfinished),
             "overrides": previous.get("overrides", []),
             "started": previous.get("started", time.strftime("%Y-%m-%dT%H:%M:%S")),
             "status": status,

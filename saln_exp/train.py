@@ -212,13 +212,10 @@ def refuse(message: str, multirun: bool) -> float:
 
 
 def stopped(err: Interrupted, files: RunFiles, runtime, started: bool) -> None:
-    """Interrupted: status, the command that resumes the run (on a line of its own, to paste),
-    sweep.json, and the exit status of the signal."""
+    """Interrupted: status (which keeps the command that resumes the run), that command on a
+    line of its own (to paste), sweep.json, and the exit status of the signal."""
     if started:
-        files.try_write_status(
-            "interrupted", error=err.signal_name, overrides=runtime.overrides,
-            resume=resume_command(files.dir)[0],
-        )  # fmt: skip
+        files.try_write_status("interrupted", error=err.signal_name, overrides=runtime.overrides)
     checkpointed = Checkpoints(files.dir).exists()
     # stopped before its first checkpoint, the run starts again in its directory
     if checkpointed or not files.holds_results():
@@ -353,9 +350,8 @@ def run_one(cfg: DictConfig) -> float:
     except BaseException as err:  # KeyboardInterrupt, SystemExit: resumable, not failed
         if started:
             files.try_write_status(
-                "interrupted", error=type(err).__name__, overrides=runtime.overrides,
-                resume=resume_command(run_dir)[0],
-            )  # fmt: skip
+                "interrupted", error=type(err).__name__, overrides=runtime.overrides
+            )
         raise
     print_run_summary(summary, run_dir)
     return float(summary["metric_value"])

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -17,6 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import in_a_shell, printed_command
 from saln_exp import PROJECT_ROOT, distributed
 from saln_exp.checkpoint import Checkpoints
 from saln_exp.rundir import CHECKPOINT
@@ -224,8 +226,12 @@ def test_sigterm_to_torchrun_stops_every_rank_after_the_same_batch_and_resumes(t
     proc.send_signal(signal.SIGTERM)  # torchrun forwards it to every rank
     output, _ = proc.communicate(timeout=120)
     assert proc.returncode != 0
-    assert "rerun the same command to resume" in output, output[-3000:]
     assert json.loads((run_dir / "status.json").read_text())["status"] == "interrupted"
 
-    _run(run_dir, *overrides, procs=2)
+    line = printed_command(output)  # torchrun's own command, pasted as printed
+    words = shlex.split(line)
+    assert Path(words[0]).name == "torchrun", line
+    assert words[1:5] == ["--standalone", "--nproc_per_node=2", "-m", "saln_exp.train"], line
+    resumed = in_a_shell(line, cwd=tmp_path, env=_env())
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert_same_metrics(_metrics(tmp_path / "whole"), _metrics(run_dir), rel=0.0, abs_=0.0)

@@ -55,11 +55,12 @@ def test_resume_from_a_mid_epoch_checkpoint_matches_an_uninterrupted_run(
     with pytest.raises(KeyboardInterrupt):
         run(make_cfg(*overrides))
     status = json.loads((tmp_path / "run" / "status.json").read_text())
-    assert status["status"] == "interrupted"
+    assert status["status"] == "interrupted" and status["resume"]  # the command, until it completes
     assert len(metrics(tmp_path / "run")) == 1
     monkeypatch.undo()
     run(make_cfg(*overrides))
     assert metrics(tmp_path / "run") == metrics(tmp_path / "straight")
+    assert "resume" not in json.loads((tmp_path / "run" / "status.json").read_text())
 
 
 def straight_run(make_cfg, tmp_path, overrides) -> list[dict]:
