@@ -87,9 +87,9 @@ def run_cli(
 
 def printed_command(output: str) -> str:
     """The command an interrupted run or sweep printed to resume it: the line after the one
-    that ends with `run:`, taken as is."""
+    that says `to resume ..., run:`, taken as is."""
     lines = output.splitlines()
-    said = [i for i, line in enumerate(lines) if "interrupted by" in line and line.endswith("run:")]
+    said = [i for i, line in enumerate(lines) if "to resume" in line and line.endswith(", run:")]
     assert said and said[-1] + 1 < len(lines), f"no resume command printed:\n{output[-3000:]}"
     return lines[said[-1] + 1]
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -19,7 +20,7 @@ import torch
 from filelock import FileLock
 from test_data import no_cifar_md5, write_cifar, write_mnist, write_pets  # noqa: F401
 
-from conftest import BIN, TIME_KEYS, run_cli
+from conftest import BIN, TIME_KEYS, printed_command, run_cli
 from saln_exp import rundir
 from saln_exp.checkpoint import Checkpoints
 from saln_exp.config import validate
@@ -266,6 +267,7 @@ def test_a_killed_sweep_still_writes_sweep_json(tmp_path):
     assert proc.returncode == 128 + signal.SIGTERM, stderr
     record = json.loads((sweep / rundir.SWEEP).read_text())
     assert [(j["dir"], j["status"]) for j in record["jobs"]] == [("0", "interrupted")]
+    assert shlex.split(printed_command(stderr))[1:] == args[1:]  # the sweep, its directory pinned
 
 
 def test_hydra_sweep_dir_latest_resumes_the_newest_sweep(tmp_path):

@@ -4,10 +4,16 @@ the sweep down, W&B groups per sweep, and the submitit local launcher and Optuna
 from __future__ import annotations
 
 import json
+import os
+import shlex
+import signal
+import sys
+import time
 
 import pytest
+from omegaconf import OmegaConf
 
-from conftest import run_cli
+from conftest import printed_command, run_cli
 from wandb_records import run_info
 
 SMALL = (
@@ -26,12 +32,10 @@ def load_sweep(sweep_dir):
 @pytest.mark.slow
 def test_a_failing_job_is_recorded_and_the_others_complete(tmp_path):
     sweep_dir = tmp_path / "sweep"
-    out = run_cli(
-        "-m", "selector=uniform", "selector.filter_ratio=0.5,1.5", "optimizer.lr=0.05,1e12",
-        "optimizer.momentum=0.99", "logger=wandb", "logger.mode=offline", *SMALL,
-        f"hydra.sweep.dir={sweep_dir}",
-        env={"WANDB_MODE": "offline"},
-    )  # fmt: skip
+    command = ["-m", "selector=uniform", "selector.filter_ratio=0.5,1.5", "optimizer.lr=0.05,1e12",
+               "optimizer.momentum=0.99", "logger=wandb", "logger.mode=offline", *SMALL,
+               f"hydra.sweep.dir={sweep_dir}"]  # fmt: skip
+    out = run_cli(*command, env={"WANDB_MODE": "offline"})
     assert out.returncode == 1, out.stderr[-2000:]
     sweep = load_sweep(sweep_dir)
     assert sweep["n_jobs"] == 4 and sweep["status"] == "failed"
@@ -42,6 +46,11 @@ def test_a_failing_job_is_recorded_and_the_others_complete(tmp_path):
     assert "loss became" in by_dir["1"]["error"]  # lr=1e12: diverged
     assert sweep["n_failed"] == 3
     assert "3 job(s) failed" in out.stderr and "filter_ratio=1.5" in out.stderr
+    # the command that reruns what did not complete, skipping what did
+    assert shlex.split(printed_command(out.stderr))[1:] == [
+        *command[:-1],
+        f"hydra.sweep.dir={sweep_dir}",
+    ]
     # one W&B group per sweep, job type = selector, run named from its overrides
     info = run_info(next((sweep_dir / "0" / "wandb").rglob("run-*.wandb")))
     assert info["group"] == f"optimizer.lr+selector.filter_ratio {sweep_dir.name}"
@@ -109,3 +118,30 @@ def test_the_wandb_group_of_a_sweep_says_what_it_is():
     command = ["-m", "selector=none,saln", "seed=range(3)", "logger=wandb", "hydra.sweep.dir=a,b"]
     assert sweep_group(None, command, "2026-12-01_12-00-00") == "seed+selector 2026-12-01_12-00-00"
     assert sweep_group(None, ["-m", "logger=none"], "t") == "sweep t"
+
+
+def test_a_sweep_stopped_between_jobs_prints_the_command_that_resumes_it(
+    tmp_path, capsys, monkeypatch
+):
+    """The sweep's own handler (a signal between jobs, or to a parallel launcher's parent)."""
+    from saln_exp.resume import SWEEP_COMMAND_ENV
+    from saln_exp.sweep import SweepStatus
+
+    monkeypatch.setattr(sys, "argv", ["saln-train", "-m", "seed=0,1", "hydra.sweep.dir=old"])
+    monkeypatch.setenv(SWEEP_COMMAND_ENV, "")  # restored (removed) after the test
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    sweep_dir = tmp_path / "sweep"
+    try:
+        SweepStatus().on_multirun_start(
+            OmegaConf.create({"hydra": {"sweep": {"dir": str(sweep_dir)}}})
+        )
+        with pytest.raises(SystemExit) as exit_info:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)  # the handler runs first
+    finally:
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
+    assert exit_info.value.code == 128 + signal.SIGTERM
+    line = printed_command(capsys.readouterr().err)
+    assert shlex.split(line)[1:] == ["-m", "seed=0,1", f"hydra.sweep.dir={sweep_dir}"]
+    assert os.environ[SWEEP_COMMAND_ENV] == line  # what the sweep's jobs print
