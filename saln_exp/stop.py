@@ -1,10 +1,10 @@
 """Stopping a run on request: SIGTERM, SIGUSR2 (outside Slurm) and Ctrl-C.
 
 A signal during the training loop asks the trainer to stop after the current candidate batch:
-it writes a checkpoint there (when checkpoints are on) and raises `Interrupted`, so a rerun of the
-same command resumes exactly where it stopped. A signal anywhere else (reading data, training a
-reference model), or a second signal, raises `Interrupted` at once. The entry point turns it into
-status `interrupted` and one line on stderr.
+it writes a checkpoint there (when checkpoints are on) and raises `Interrupted`, so the run resumes
+exactly where it stopped. A signal anywhere else (reading data, training a reference model), or a
+second signal, raises `Interrupted` at once. The entry point turns it into status `interrupted` and
+prints the command that resumes the run (saln_exp.resume).
 
 Under Slurm and submitit, submitit owns SIGUSR2 and SIGTERM (it checkpoints and requeues the job
 itself), so only Ctrl-C is taken over there.
