@@ -44,13 +44,14 @@ def hydra_value(value: str) -> str:
     return f"'{escaped}'"
 
 
-def _program(name: str) -> str:
-    """`name` where the shell finds this environment's one on PATH, else its full path."""
+def _program(name: str, module: str) -> list[str]:
+    """`name` where the shell finds this environment's one on PATH, else its full path, else
+    this interpreter running `module` (the same program)."""
     here = Path(sys.executable).parent / name
+    if not here.exists():
+        return [sys.executable, "-m", module]
     found = shutil.which(name)
-    if found and here.exists() and Path(found).resolve() == here.resolve():
-        return name
-    return str(here) if here.exists() else name
+    return [name if found and Path(found).resolve() == here.resolve() else str(here)]
 
 
 def launcher() -> tuple[list[str], int]:
@@ -64,9 +65,9 @@ def launcher() -> tuple[list[str], int]:
         per_node = int(os.environ["LOCAL_WORLD_SIZE"])
         nodes = max(1, int(os.environ["WORLD_SIZE"]) // per_node)
         placement = ["--standalone"] if nodes == 1 else [f"--nnodes={nodes}"]
-        return [_program("torchrun"), *placement, f"--nproc_per_node={per_node}", "-m",
-                "saln_exp.train"], nodes  # fmt: skip
-    return [_program("saln-train")], 1
+        return [*_program("torchrun", "torch.distributed.run"), *placement,
+                f"--nproc_per_node={per_node}", "-m", "saln_exp.train"], nodes  # fmt: skip
+    return _program("saln-train", "saln_exp.train"), 1
 
 
 def _pinned(args: list[str], key: str, directory: Path, drop: tuple[str, ...] = ()) -> list[str]:

@@ -317,8 +317,7 @@ def run_one(cfg: DictConfig) -> float:
             if done is not None:
                 if distributed.WORLD.active:
                     distributed.broadcast_object(None)  # the other ranks have nothing to do
-                log.info("%s already completed with this configuration; skipped", run_dir)
-                print_run_summary(done, run_dir)
+                log.info("%s already completed with these settings; skipped (%s)", run_dir, SUMMARY)
                 value = done.get("metric_value")
                 return math.nan if value is None else float(value)
             check_the_directory(cfg, files)
