@@ -6,7 +6,7 @@ uninterrupted run. It is the command line the run was started with (every overri
 and `-m` as typed), with its directory pinned by `hydra.run.dir=` (a sweep: `hydra.sweep.dir=`):
 the default directory is named by the launch time, so the bare command would start a new run at
 epoch 1. Each word is quoted for the shell (shlex.quote), and the directory for Hydra's override
-parser too. docs/run-directory.md#resume says how to resume, in one place.
+parser too. docs/run-directory.md#how-to-resume says how to resume, in one place.
 
 A sweep's jobs may run in other processes (submitit), so the sweep callback, which runs in the
 process the user started, puts the sweep's command in the environment its jobs inherit.
