@@ -4,25 +4,32 @@ show as missing, every figure is a readable image, and W&B offline fails with on
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import statistics
 import subprocess
+from itertools import product
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 import yaml
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from omegaconf import OmegaConf
 from PIL import Image
 
 from conftest import compose_cfg, run_cli
+from saln_exp.images import DROPPED_RGB, KEPT_RGB
 from saln_exp.report import cli
 from saln_exp.report.figures import montage
+from saln_exp.report.latex import latex_escape, latex_file
 from saln_exp.report.load import load_runs, resolve_source
 from saln_exp.report.paper import all_specs, paper_values, specs_for
 from saln_exp.report.tables import (
     MISSING,
+    Table,
     compare_table,
     equal_budget_accuracy,
     paper_table,
@@ -189,40 +196,119 @@ def test_cli_writes_tables_csv_and_readable_figures(sweep, tmp_path, capsys):
         assert pdf.stat().st_size > 1000 and pdf.read_bytes().startswith(b"%PDF")
 
 
-def compile_latex(tex: str, workdir: Path) -> None:
-    """Compile `tex` (table floats) in a minimal article with pdflatex; fail with LaTeX's log."""
+# The plainest A4 document (default `article` margins: a 345 pt text width, the narrowest
+# one-column page) with booktabs only; a reference line at \footnotesize in both fonts a table uses.
+LATEX_DOC = (
+    "\\documentclass[a4paper]{article}\n\\usepackage{booktabs}\n\\begin{document}\n"
+    "{\\footnotesize REFERENCE \\texttt{REFERENCE}}\n\n"
+)
+WORD = re.compile(r'<word xMin="([\d.]+)" yMin="([\d.]+)" xMax="([\d.]+)" yMax="([\d.]+)">([^<]*)<')
+
+
+def compile_latex(tex: str, workdir: Path) -> tuple[Path, str]:
+    """Compile `tex` (table floats) in LATEX_DOC with pdflatex; fail with LaTeX's log. Returns
+    the PDF and the log."""
     doc = workdir / "doc.tex"
-    doc.write_text(
-        "\\documentclass{article}\n\\usepackage[T1]{fontenc}\n\\usepackage{booktabs}\n"
-        "\\usepackage{graphicx}\n\\usepackage{rotating}\n\\begin{document}\n"
-        + tex
-        + "\n\\end{document}\n"
-    )
+    doc.write_text(LATEX_DOC + tex + "\n\\end{document}\n")
     result = subprocess.run(
         ["pdflatex", "-interaction=nonstopmode", "-halt-on-error", doc.name],
         cwd=workdir, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-3000:]
-    assert (workdir / "doc.pdf").stat().st_size > 1000
+    return workdir / "doc.pdf", (workdir / "doc.log").read_text(errors="replace")
+
+
+def pdf_words(pdf: Path) -> list[tuple[str, float, float]]:
+    """(text, width, height) in pt of every word on every page, as pdftotext places them: a
+    word's height is its font's size as printed (scaling included)."""
+    xml = subprocess.run(["pdftotext", "-bbox", str(pdf), "-"], capture_output=True, text=True,
+                         check=True).stdout  # fmt: skip
+    return [(text, float(x1) - float(x0), float(y1) - float(y0))
+            for x0, y0, x1, y1, text in WORD.findall(xml)]  # fmt: skip
+
+
+def assert_printable(tex: str, workdir: Path) -> None:
+    """Every table reads on an A4 page: nothing scaled, turned or set below \footnotesize in the
+    source; compiled, no table wider than the text, every word upright and at least as tall as
+    the same fonts at \footnotesize."""
+    for shrink in ("\\resizebox", "\\scalebox", "sideways", "landscape", "\\scriptsize", "\\tiny"):
+        assert shrink not in tex
+    pdf, log = compile_latex(tex, workdir)
+    assert "Overfull \\hbox" not in log and "Float too large" not in log
+    words = pdf_words(pdf)
+    smallest = min(h for text, _, h in words if text == "REFERENCE")
+    sideways = [text for text, w, h in words if len(text) >= 4 and w <= h]
+    assert not sideways, sideways[:5]
+    small = [(text, round(h, 2)) for text, _, h in words if h < smallest - 0.01]
+    assert not small, f"smaller than \\footnotesize ({smallest:.2f} pt): {small[:5]}"
+
+
+def floats(tex: str) -> dict[str, str]:
+    """Caption -> the float's source."""
+    found = re.findall(r"\\begin\{table\}.*?\\end\{table\}", tex, re.S)
+    return {re.search(r"\\caption\{(.*?)\}\n", f)[1]: f for f in found}
 
 
 needs_latex = pytest.mark.skipif(
-    shutil.which("pdflatex") is None, reason="pdflatex not installed (.ci/run installs it)"
+    shutil.which("pdflatex") is None or shutil.which("pdftotext") is None,
+    reason="pdflatex or pdftotext not installed (.ci/run installs them)",
 )
 
 
 @pytest.mark.slow
 @needs_latex
-def test_every_latex_table_compiles_with_its_caption_and_label(sweep, tmp_path, capsys):
-    """All paper tables (filled or empty) and the comparison, as `--format latex` writes them."""
+def test_every_latex_table_prints_on_an_a4_page_at_footnotesize(sweep, tmp_path, capsys):
+    """All paper tables (filled or empty) and the comparison, as `--format latex` writes them:
+    one float per column group (ASSIST: the thesis' accuracy / mean loss / q0.9 loss / worst
+    loss), n once per row, keys left and numbers right."""
     assert cli.main([str(sweep), "--out", str(tmp_path), "--format", "latex", "--no-figures",
                      "--table", "all"]) == 0  # fmt: skip
     tex = (tmp_path / "tables.tex").read_text()
-    floats = tex.count("\\begin{table}") + tex.count("\\begin{sidewaystable}")
-    assert floats == tex.count("\\label{tab:") == len(all_specs()) + 1
-    assert "accuracy (\\%)" in tex and "\\toprule" in tex
-    assert "\\begin{tabular}{lrrr" in tex.replace("{llrr", "{lrrr")  # keys left, numbers right
-    compile_latex(tex, tmp_path)
+    captions = floats(tex)
+    labels = re.findall(r"\\label\{(tab:[^}]*)\}", tex)
+    assert len(labels) == len(set(labels)) == len(captions) == tex.count("\\begin{table}")
+    for spec in all_specs():
+        if spec.title.startswith("ASSIST"):
+            groups = ("accuracy", "mean loss", "q0.9 loss", "worst loss")
+            assert {f"{latex_escape(spec.title)} ({g})" for g in groups} <= set(captions)
+        else:
+            assert latex_escape(spec.title) in captions
+    assert "Selectors compared (accuracy)" in captions
+    for caption, source in captions.items():
+        spec = re.search(r"\\begin\{tabular\}\{(.*?)\}\n", source)[1]
+        assert re.fullmatch(r"l+r(r@\{\\,\}lr?)+", spec), (caption, spec)  # keys l, n and values r
+    pet = captions["SALN Tables 1, 5: Oxford-IIIT Pet, accuracy (\\%)"]
+    assert re.search(r"^standard & 2 & [\d.]+ & \$\\pm\$ [\d.]+ & 86\.10 & ", pet, re.M)
+    assert "(n=" not in pet  # the row's n stands once, in its own column
+    assert_printable(tex, tmp_path)
+
+
+@pytest.mark.slow
+@needs_latex
+def test_the_widest_values_still_fit_the_page(sweep, tmp_path):
+    """Every table of the suite with each cell at its widest plausible value (two-digit means
+    and stds, seven-digit counts) and a label-noise table over five rates: a column group too
+    wide for the page is cut again, and every float still fits."""
+    from test_prune import fake_run
+
+    from saln_exp.report.noise import noise_table
+
+    rates = (0.0, 0.1, 0.2, 0.3, 0.4)
+    for i, (selector, prune, rate) in enumerate(
+        product(("uniform", "accuracy_epoch_batch"), ("none", "confident_learning"), rates)
+    ):
+        fake_run(tmp_path / "noise" / str(i), selector, prune, rate, 0, 0.9, [rate, rate])
+    noisy = load_runs([tmp_path / "noise"])
+    tables = [*cli.select_tables(load_runs([sweep]), "all", None),
+              noise_table(noisy.runs, noisy.curves)]  # fmt: skip
+    for table in tables:
+        for header, stat in table.numbers.columns:
+            wide = 9_999_999.0 if table.digits[header] == 0 else 88.888888
+            value = {"mean": wide, "std": wide / 8, "n": 3, "paper": wide}[stat]
+            table.numbers[(header, stat)] = value
+    tex = latex_file(tables)
+    assert "ASSIST Table 4.5: MNIST, FCNet (worst loss 1/2)" in floats(tex)
+    assert_printable(tex, tmp_path)
 
 
 @needs_latex
@@ -234,7 +320,33 @@ def test_the_noise_table_compiles(tmp_path):
     fake_run(tmp_path / "0", "uniform", "none", 0.0, 0, 0.90, None)
     fake_run(tmp_path / "1", "uniform", "none", 0.2, 0, 0.80, [0.2, 0.2])
     runs = load_runs([tmp_path])
-    compile_latex(render(noise_table(runs.runs, runs.curves), "latex"), tmp_path)
+    tex = render(noise_table(runs.runs, runs.curves), "latex")
+    assert set(floats(tex)) == {
+        "Label noise: selectors and dataset pruning (test accuracy)",
+        "Label noise: selectors and dataset pruning (noisy share of trained samples)",
+    }
+    assert_printable(tex, tmp_path)
+
+
+def test_latex_states_n_once_per_row_and_marks_a_cell_from_fewer_runs():
+    """n in its own column (the most runs behind any cell of the row); a cell made from fewer
+    runs says how many; a missing cell is one dash across mean and spread; an outer row name is
+    printed once over the rows it heads."""
+    index = pd.MultiIndex.from_tuples([("lenet", "none"), ("lenet", "batchwise")],
+                                      names=["model", "filtering"])  # fmt: skip
+    numbers = pd.DataFrame(
+        {("acc", "mean"): [0.5, 0.25], ("acc", "std"): [0.1, np.nan], ("acc", "n"): [3, 1],
+         ("time s", "mean"): [2.0, np.nan], ("time s", "std"): [0.5, np.nan],
+         ("time s", "n"): [2, 0]},
+        index=index,
+    )  # fmt: skip
+    tex = render(Table("T", numbers, {"acc": 3, "time s": 1}, "A note on `x_y`."), "latex")
+    rows = tex.split("\\midrule\n")[1].split("\n\\bottomrule")[0].splitlines()
+    assert rows == [
+        r"lenet & none & 3 & 0.500 & $\pm$ 0.100 & 2.0 & $\pm$ 0.5 (n=2) \\",
+        r" & batchwise & 1 & 0.250 &  & \multicolumn{2}{c}{---} \\",
+    ]
+    assert "only k of the row's n runs have it" in tex and r"\texttt{x\_y}" in tex
 
 
 @pytest.mark.slow

@@ -20,12 +20,12 @@ from pathlib import Path
 import pandas as pd
 
 from saln_exp.report.figures import report_figures
+from saln_exp.report.latex import latex_file
 from saln_exp.report.load import ReportError, Runs, load_runs, load_wandb, resolve_source, run_name
 from saln_exp.report.noise import forgetting_figures, noise_table
 from saln_exp.report.paper import all_specs, specs_for
 from saln_exp.report.tables import (
     FORMATS,
-    LATEX_PREAMBLE,
     Table,
     compare_table,
     paper_runs,
@@ -220,8 +220,8 @@ def write_outputs(runs: Runs, tables: list[Table], fmt: str, out: Path) -> list[
         paths[-1].write_text(render(table, "csv"))
     if fmt != "csv":
         paths.append(out / f"tables.{SUFFIX[fmt]}")
-        head = LATEX_PREAMBLE if fmt == "latex" else ""
-        paths[-1].write_text(head + "\n".join(render(t, fmt) for t in tables))
+        text = latex_file(tables) if fmt == "latex" else "\n".join(render(t, fmt) for t in tables)
+        paths[-1].write_text(text)
     return paths
 
 

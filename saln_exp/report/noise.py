@@ -176,14 +176,19 @@ def noise_table(
         rates = sorted(done["noise_rate"].dropna().unique())
     noisy_kept = noisy_kept_fraction(done, curves)
     acc = pd.to_numeric(done[metric], errors="coerce")
-    columns, digits = {}, {}
+    columns, digits, groups = {}, {}, {}
     for rate in rates:
         at = np.isclose(done["noise_rate"].astype(float), rate)
         columns[f"test acc @ noise {rate:g}"] = acc.where(at)
         digits[f"test acc @ noise {rate:g}"] = 4
+        groups[f"test acc @ noise {rate:g}"] = ("test accuracy", f"noise {rate:g}")
         if rate > 0:  # without noise every trained sample is clean: nothing to show
             columns[f"noisy kept @ noise {rate:g}"] = noisy_kept.where(at)
             digits[f"noisy kept @ noise {rate:g}"] = 3
+            groups[f"noisy kept @ noise {rate:g}"] = (
+                "noisy share of trained samples",
+                f"noise {rate:g}",
+            )
     keys = ["selector", "prune", *(b for b in BUDGETS if b in done and done[b].nunique() > 1)]
     frame = pd.concat([done[keys], pd.DataFrame(columns, index=done.index)], axis=1)
     numbers = mean_std_n(frame, keys) if len(frame) else pd.DataFrame()
@@ -192,7 +197,7 @@ def noise_table(
     flagged = runs[(runs["status"] == "completed") & ~runs.index.isin(done.index)]
     if len(flagged):
         note += " " + non_finite_note(flagged)
-    return Table("Label noise: selectors and dataset pruning", numbers, digits, note)
+    return Table("Label noise: selectors and dataset pruning", numbers, digits, note, groups)
 
 
 def _row_order(key: tuple) -> tuple:

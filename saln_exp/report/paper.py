@@ -24,6 +24,8 @@ class Metric:
     paper: str | None  # column of the paper's values; None when the paper has none
     scale: float = 1.0  # ours * scale is in the paper's unit (percent, minutes)
     digits: int = 3
+    group: str = ""  # the paper's column group (ASSIST: accuracy, mean loss ...), if it has groups
+    name: str = ""  # the column's name within its group (ASSIST: train, test, ratio)
 
 
 @dataclass(frozen=True)
@@ -109,14 +111,18 @@ def saln_specs() -> list[TableSpec]:
 # losses (0.002 / 0.001), so the paper side of the ratio columns stays empty.
 ASSIST_METRICS = tuple(
     Metric(
-        f"{label} {split}", f"{split}/{key}", f"{split}_{key}" if split != "ratio" else None, 1, 3
+        f"{label} {split}",
+        f"{split}/{key}",
+        f"{split}_{key}" if split != "ratio" else None,
+        group=group,
+        name=split,
     )
-    for (label, key), split in product(
+    for (label, key, group), split in product(
         (
-            ("acc", "acc"),
-            ("mean loss", "loss_mean"),
-            ("q0.9 loss", "loss_q90"),
-            ("worst loss", "loss_worst"),
+            ("acc", "acc", "accuracy"),
+            ("mean loss", "loss_mean", "mean loss"),
+            ("q0.9 loss", "loss_q90", "q0.9 loss"),
+            ("worst loss", "loss_worst", "worst loss"),
         ),
         ("train", "test", "ratio"),
     )

@@ -8,7 +8,7 @@ completed run is missing ("—"), never zero.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -32,6 +32,9 @@ class Table:
     )  # index: row labels; columns: (header, stat) with stat in mean/std/n/paper
     digits: dict[str, int]
     note: str = ""
+    # header -> (column group, the column's name within it): LaTeX prints each group as a float
+    # of its own (latex.py); a header not named here belongs to the table's one unnamed group
+    groups: dict[str, tuple[str, str]] = field(default_factory=dict)
 
 
 def metric_values(runs: pd.DataFrame, column: str, scale: float) -> pd.Series:
@@ -73,7 +76,9 @@ def paper_table(spec: TableSpec, runs: Runs) -> Table:
         [c for c in numbers.columns if c[1] == "n"]
     ].fillna(0)
     note = " ".join([spec.note, *beside.notes()])
-    return Table(spec.title, numbers, {m.header: m.digits for m in spec.metrics}, note.strip())
+    groups = {m.header: (m.group, m.name or m.header) for m in spec.metrics if m.group}
+    digits = {m.header: m.digits for m in spec.metrics}
+    return Table(spec.title, numbers, digits, note.strip(), groups)
 
 
 @dataclass
@@ -132,11 +137,15 @@ def as_multiindex(frame: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
 
 
 # -- formatting ------------------------------------------------------------------------------------
+def format_spread(std: float, n: float, digits: int) -> str:
+    """` ± std` where several runs made the mean, else nothing."""
+    return f" ± {std:.{digits}f}" if n > 1 and pd.notna(std) else ""
+
+
 def format_ours(mean: float, std: float, n: float, digits: int) -> str:
     if not n or pd.isna(mean):
         return MISSING
-    spread = f" ± {std:.{digits}f}" if n > 1 and pd.notna(std) else ""
-    return f"{mean:.{digits}f}{spread} (n={int(n)})"
+    return f"{mean:.{digits}f}{format_spread(std, n, digits)} (n={int(n)})"
 
 
 def format_number(value: float, digits: int) -> str:
@@ -168,73 +177,14 @@ def slug(title: str) -> str:
     return re.sub(r"[^a-z0-9]+", "_", title.lower()).strip("_") or "table"
 
 
-LATEX_SPECIALS = {
-    "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
-    "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
-    "±": r"$\pm$", MISSING: "---", "≥": r"$\geq$", "≤": r"$\leq$", "×": r"$\times$",
-}  # fmt: skip
-LATEX_PREAMBLE = (
-    "% needs \\usepackage{booktabs}, \\usepackage{graphicx} and \\usepackage{rotating}\n"
-)
-WIDE = 10  # columns above which a table is set sideways (a landscape page), as the thesis does
-
-
-def latex_escape(text: object) -> str:
-    return "".join(LATEX_SPECIALS.get(ch, ch) for ch in str(text))
-
-
-def latex_header(keys: list[str], values: list[str]) -> list[str]:
-    """Two header rows: each metric once over its `ours` / `paper` columns (as the papers lay
-    them out), then which is which; a metric without a paper column keeps one cell."""
-    groups: list[tuple[str, list[str]]] = []
-    for column in values:
-        metric = column.removesuffix(" (paper)")
-        if groups and groups[-1][0] == metric:
-            groups[-1][1].append("paper")
-        else:
-            groups.append((metric, ["ours"]))
-    top, rules, sub, at = [latex_escape(k) for k in keys], [], [""] * len(keys), len(keys) + 1
-    for metric, parts in groups:
-        if len(parts) == 1:
-            top.append(latex_escape(metric))
-            sub.append("")
-        else:
-            top.append(rf"\multicolumn{{{len(parts)}}}{{c}}{{{latex_escape(metric)}}}")
-            rules.append(rf"\cmidrule(lr){{{at}-{at + len(parts) - 1}}}")
-            sub += parts
-        at += len(parts)
-    if not rules:
-        return [" & ".join(top) + r" \\"]
-    return [" & ".join(top) + r" \\", " ".join(rules), " & ".join(sub) + r" \\"]
-
-
-def render_latex(table: Table) -> str:
-    """A booktabs table float: caption and label, key columns left, value columns right-aligned,
-    scaled down to the line width when too wide, wide tables on a landscape page."""
-    text = text_frame(table)
-    n_keys = table.numbers.index.nlevels
-    align = "l" * n_keys + "r" * (len(text.columns) - n_keys)
-    env = "sidewaystable" if len(text.columns) > WIDE else "table"
-    lines = [
-        rf"\begin{{{env}}}" + ("" if env == "sidewaystable" else "[htbp]"), r"\centering",
-        rf"\caption{{{latex_escape(table.title)}}}", rf"\label{{tab:{slug(table.title)}}}",
-        r"\resizebox{\linewidth}{!}{%", rf"\begin{{tabular}}{{{align}}}", r"\toprule",
-        *latex_header(list(text.columns[:n_keys]), list(text.columns[n_keys:])), r"\midrule",
-        *(" & ".join(latex_escape(v) for v in row) + r" \\" for row in text.itertuples(index=False)),
-        r"\bottomrule", r"\end{tabular}}",
-    ]  # fmt: skip
-    if table.note:
-        lines.append(rf"\par\smallskip{{\footnotesize {latex_escape(table.note)}}}")
-    lines.append(rf"\end{{{env}}}")
-    return "\n".join(lines) + "\n"
-
-
 def render(table: Table, fmt: str = "markdown") -> str:
     """The table as Markdown (title, table, note), CSV (numbers, one header row: what
-    `pandas.read_csv` reads back as is) or LaTeX (a booktabs float with caption and label)."""
+    `pandas.read_csv` reads back as is) or LaTeX (a booktabs float per column group, each with caption and label)."""
     if fmt == "csv":
         return numeric_frame(table).to_csv(index=False)
     if fmt == "latex":
+        from saln_exp.report.latex import render_latex  # latex.py builds on this module
+
         return render_latex(table)
     text = text_frame(table)
     note = f"\n\n{table.note}" if table.note else ""
@@ -259,6 +209,13 @@ COMPARE_METRICS = (
     ("acc @ equal samples", "acc_at_equal_samples", 4),
     ("s to target", "time_to_target", 2),
 )
+# the comparison's column groups, each printed as a LaTeX float of its own (latex.py)
+COMPARE_GROUPS = {
+    "accuracy": ("test acc", "best test acc"),
+    "test loss quantiles": ("test loss q0.5", "test loss q0.9", "test loss q0.99"),
+    "cost": ("train+select s", "prepare s", "samples back-prop"),
+    "accuracy at equal cost, time to target": ("acc @ equal time", "acc @ equal samples", "s to target"),
+}  # fmt: skip
 
 
 def with_train_seconds(curves: pd.DataFrame) -> pd.DataFrame:
@@ -342,4 +299,6 @@ def compare_table(runs: Runs, target: float | None = None) -> Table:
     )
     if len(flagged):
         note += " " + non_finite_note(flagged)
-    return Table(COMPARE_TITLE, numbers, {h: d for h, _, d in COMPARE_METRICS}, note)
+    groups = {h: (group, h.removeprefix("test loss ")) for group, headers in COMPARE_GROUPS.items()
+              for h in headers}  # fmt: skip
+    return Table(COMPARE_TITLE, numbers, {h: d for h, _, d in COMPARE_METRICS}, note, groups)
