@@ -15,11 +15,13 @@ from saln_exp.safe_load import UNREADABLE, load_plain
 
 log = logging.getLogger(__name__)
 
-KEPT_RGB, DROPPED_RGB = np.array([0.1, 0.7, 0.2]), np.array([0.85, 0.1, 0.1])
+# Okabe and Ito's blue and orange: told apart with every kind of colour blindness and in grey
+# scale (dark against light), unlike a green / red pair
+KEPT_RGB, DROPPED_RGB = np.array([0, 114, 178]) / 255, np.array([230, 159, 0]) / 255
 
 
 def montage(images: np.ndarray, kept: np.ndarray, border: int = 2) -> np.ndarray:
-    """uint8 [n, C, H, W] -> one RGB grid; kept images framed green, dropped ones red and faded."""
+    """uint8 [n, C, H, W] -> one RGB grid; kept images framed blue, dropped ones orange and faded."""
     x = images.astype(np.float32) / 255.0
     x = np.repeat(x, 3, axis=1) if x.shape[1] == 1 else x[:, :3]
     x = x.transpose(0, 2, 3, 1)

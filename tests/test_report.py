@@ -407,8 +407,150 @@ def test_montage_frames_kept_and_dropped_images():
     kept = np.array([True, False, True, False, True])
     grid = montage(images, kept, border=1)
     assert grid.shape == (2 * 6, 3 * 6, 3)  # 3 columns x 2 rows of 6x6 tiles
-    assert np.allclose(grid[0, 0], [0.1, 0.7, 0.2])  # kept: green frame
-    assert np.allclose(grid[0, 6], [0.85, 0.1, 0.1])  # dropped: red frame
+    assert np.allclose(grid[0, 0], KEPT_RGB)
+    assert np.allclose(grid[0, 6], DROPPED_RGB)
+    assert np.allclose(grid[2, 8], 0.65)  # a dropped image is faded (black -> light grey)
+
+
+# Machado, Oliveira and Fernandes, "A Physiologically-based Model for Simulation of Color Vision
+# Deficiency" (IEEE TVCG 2009), severity 1.0: what a viewer with each kind sees, on linear RGB.
+COLOUR_BLIND = {
+    "protanopia": [[0.152286, 1.052583, -0.204868], [0.114503, 0.786281, 0.099216],
+                   [-0.003882, -0.048116, 1.051998]],
+    "deuteranopia": [[0.367322, 0.860646, -0.227968], [0.280085, 0.672501, 0.047413],
+                     [-0.011820, 0.042940, 0.968881]],
+    "tritanopia": [[1.255528, -0.076749, -0.178779], [-0.078411, 0.930809, 0.147602],
+                   [0.004733, 0.691367, 0.303900]],
+}  # fmt: skip
+
+
+def cie_lab(linear_rgb: np.ndarray) -> np.ndarray:
+    """Linear sRGB (D65) -> CIE L*a*b*."""
+    to_xyz = [[0.4124, 0.3576, 0.1805], [0.2126, 0.7152, 0.0722], [0.0193, 0.1192, 0.9505]]
+    xyz = np.asarray(to_xyz) @ np.clip(linear_rgb, 0, 1) / [0.95047, 1.0, 1.08883]
+    f = np.where(xyz > (6 / 29) ** 3, np.cbrt(xyz), xyz / (3 * (6 / 29) ** 2) + 4 / 29)
+    return np.array([116 * f[1] - 16, 500 * (f[0] - f[1]), 200 * (f[1] - f[2])])
+
+
+def test_kept_and_dropped_stay_apart_for_colour_blind_readers():
+    """The frames' two colours differ by a CIE76 distance of at least 40 (plainly different; 2.3
+    is the least one notices) for every kind of dichromat; green / red falls to 14 for the
+    commonest (deuteranopia)."""
+    linear = [np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
+              for c in (np.asarray(KEPT_RGB, float), np.asarray(DROPPED_RGB, float))]  # fmt: skip
+    for kind, matrix in COLOUR_BLIND.items():
+        kept, dropped = (cie_lab(np.asarray(matrix) @ c) for c in linear)
+        assert np.linalg.norm(kept - dropped) >= 40, kind
+
+
+def fake_example(n: int = 64) -> dict:
+    return {"images": torch.zeros(n, 1, 8, 8, dtype=torch.uint8), "kept": torch.arange(n) % 3 == 0,
+            "labels": torch.arange(n) % 10, "selector": "saln", "batch": 0}  # fmt: skip
+
+
+def test_the_selection_figure_of_many_selectors_wraps_into_rows():
+    from saln_exp.report.figures import selection_figure
+
+    fig = selection_figure({f"selector {i}": fake_example() for i in range(7)}, "digits, LeNet")
+    FigureCanvasAgg(fig).draw()
+    panels = [ax for ax in fig.axes if ax.get_visible()]
+    assert len(panels) == 7
+    assert len({round(ax.get_position().y0, 3) for ax in panels}) == 3  # rows of three
+    width, height = fig.get_size_inches()
+    assert width <= 12 and width / height < 1.5  # a page's width, not a strip
+
+
+def texts_off_canvas(fig) -> list[str]:
+    """Titles, axis labels, legend entries and annotations that run past the figure's edge."""
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    texts = list(fig.texts)
+    for legend in [*fig.legends, *(ax.get_legend() for ax in fig.axes)]:
+        texts += [*legend.get_texts(), legend.get_title()] if legend else []
+    for ax in (ax for ax in fig.axes if ax.get_visible()):
+        texts += [ax.title, ax._left_title, ax._right_title, ax.xaxis.label, ax.yaxis.label]
+        texts += ax.texts
+    edge, renderer = fig.bbox.padded(1), canvas.get_renderer()
+    shown = [t for t in texts if t.get_visible() and t.get_text().strip()]
+    corners = {
+        t: (t.get_window_extent(renderer).min, t.get_window_extent(renderer).max) for t in shown
+    }
+    return [t.get_text() for t in shown if not all(edge.contains(*c) for c in corners[t])]
+
+
+@pytest.mark.slow
+def test_every_figure_keeps_its_titles_and_labels_on_the_canvas(sweep, tmp_path, monkeypatch):
+    """Every figure of a real sweep's report, its methods given long names (a label-noise sweep's
+    `saln prune=confident_learning noise_rate=0.2`): titles wrap instead of running off."""
+    from saln_exp.report import figures, noise
+
+    drawn, save = {}, figures.save
+
+    def keep(fig, out_dir, name):
+        drawn[name] = fig
+        return save(fig, out_dir, name)
+
+    monkeypatch.setattr(figures, "save", keep)
+    monkeypatch.setattr(noise, "save", keep)
+    runs = load_runs([sweep])
+    runs.runs["variant"] += " prune=confident_learning noise_rate=0.2 filter_ratio=0.1"
+    figures.report_figures(runs, tmp_path)
+    noise.forgetting_figures(runs.runs, tmp_path)
+    kinds = ("curves_epoch", "curves_time", "selection", "final_layer", "pareto")
+    assert {f"saln_pets_{kind}" for kind in kinds} <= set(drawn)
+    assert any(name.startswith("forgetting_") for name in drawn)
+    for name, fig in drawn.items():
+        assert not texts_off_canvas(fig), name
+
+
+def test_time_axes_read_in_plain_seconds_or_minutes():
+    """Training time in seconds up to ten minutes and in minutes beyond, tick labels plain
+    numbers (0.5, never the SI "500m" that reads as 500 minutes)."""
+    from saln_exp.report.figures import curves_figure, pareto_figure
+    from saln_exp.report.tables import TRAIN_SECONDS
+
+    for seconds, unit, divisor in (((0.42, 0.61, 1.35, 1.6), "seconds", 1),
+                                   ((3000, 5400, 7000, 9000), "minutes", 60)):  # fmt: skip
+        runs = pd.DataFrame({"run_id": list("abcd"), "variant": ["none", "none", "saln", "saln"],
+                             "selector": ["none", "none", "saln", "saln"], "train_time_s": seconds,
+                             "samples_backprop": [1000, 1100, 200, 250],
+                             "final_test_acc": [0.9, 0.91, 0.8, 0.82]})  # fmt: skip
+        curves = pd.DataFrame({"run_id": list("aabbccdd"), "epoch": [1, 2] * 4,
+                               TRAIN_SECONDS: [s * f for s in seconds for f in (0.5, 1)],
+                               "test/acc": 0.5, "test/loss_mean": 1.0})  # fmt: skip
+        for fig in (pareto_figure(runs, "t"), curves_figure(runs, curves, TRAIN_SECONDS, "t")):
+            FigureCanvasAgg(fig).draw()
+            ax = fig.axes[0]
+            assert f"training {unit}" in ax.get_xlabel()
+            ticks = [float(t.get_text().replace("\N{MINUS SIGN}", "-"))
+                     for t in ax.get_xticklabels() if t.get_text()]  # fmt: skip
+            assert ax.xaxis.get_major_formatter().get_offset() == ""
+            assert (
+                min(ticks) < min(seconds) / divisor * 1.01
+                and max(ticks) > max(seconds) / divisor / 2
+            )
+
+
+def test_coinciding_accumulation_lines_are_nested_and_the_legend_states_n():
+    """Lines that run on top of each other (selectors without accumulation: one raw batch per
+    step) are drawn as nested stripes of different widths, and the legend says n."""
+    from saln_exp.report.figures import accumulation_figure
+
+    runs = pd.DataFrame({"run_id": list("abcd"), "variant": ["none", "uniform", "uniform", "accuracy"],
+                         "selector": ["none", "uniform", "uniform", "accuracy"]})  # fmt: skip
+    rows = []
+    for run, steps, raw, kept in (("a", 17, 1.0, 1.0), ("b", 17, 1.0, 0.2), ("c", 17, 1.0, 0.2),
+                                  ("d", 8, 2.1, 0.8)):  # fmt: skip
+        for epoch in (1, 2, 3):
+            rows.append({"run_id": run, "epoch": epoch, "optim/steps": steps * epoch,
+                         "select/overflow": 40.0 * (raw > 1), "select/raw_batches_per_step": raw,
+                         "select/kept_frac": kept})  # fmt: skip
+    fig = accumulation_figure(runs, pd.DataFrame(rows), "t")
+    raw_panel = fig.axes[0]
+    bundle = [line for line in raw_panel.get_lines() if np.allclose(line.get_ydata(), 1.0)]
+    assert len(bundle) == 2 and len({line.get_linewidth() for line in bundle}) == 2
+    labels = {t.get_text() for legend in fig.legends for t in legend.get_texts()}
+    assert {"none (n=1)", "uniform (n=2)", "accuracy (n=1)"} <= labels
 
 
 def test_smoke_and_debug_runs_never_appear_beside_a_papers_values(make_cfg, tmp_path, capsys):

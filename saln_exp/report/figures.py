@@ -12,8 +12,9 @@ touches a global backend or leaks open figures when the runner calls it inside a
 from __future__ import annotations
 
 import logging
+import textwrap
 from dataclasses import dataclass
-from itertools import cycle
+from itertools import cycle, pairwise
 from pathlib import Path
 
 import numpy as np
@@ -88,6 +89,34 @@ def band_handle():
     return Patch(color="0.5", alpha=0.25, label="band: test mean ± std over the n seeds")
 
 
+def fit(text: str, width_in: float, fontsize: float) -> str:
+    """`text` wrapped into lines no wider than `width_in` inches at `fontsize` points (DejaVu
+    Sans averages about 0.6 em a character), so no title runs past its panel or off the figure."""
+    chars = max(12, int(width_in * 72 / (0.62 * fontsize)))
+    return "\n".join(textwrap.fill(line, chars) for line in text.splitlines())
+
+
+def suptitle(fig: Figure, title: str) -> None:
+    size = 12  # matplotlib's figure title size ("large")
+    fig.suptitle(fit(title, fig.get_figwidth() - 0.2, size), fontsize=size)
+
+
+# -- time axes: plain seconds or minutes, never SI prefixes ("500m" reads as 500 minutes) ----------
+def time_unit(seconds: pd.Series | np.ndarray) -> tuple[float, str]:
+    """(divisor, unit): seconds up to ten minutes, minutes beyond."""
+    longest = np.nanmax(np.asarray(seconds, dtype=float), initial=0.0)
+    return (60.0, "minutes") if longest > 600 else (1.0, "seconds")
+
+
+def plain_ticks(axis) -> None:
+    """Tick labels as plain numbers: no offset, no scientific notation, no SI prefix."""
+    from matplotlib.ticker import ScalarFormatter
+
+    formatter = ScalarFormatter(useOffset=False)
+    formatter.set_scientific(False)
+    axis.set_major_formatter(formatter)
+
+
 # -- curves ---------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class LegendLayout:
@@ -107,18 +136,16 @@ def legend_layout(entries: int) -> LegendLayout:
 
 
 def curves_figure(
-    runs: pd.DataFrame,
-    curves: pd.DataFrame,
-    x: str,
-    xlabel: str,
-    title: str,
-    log_loss: bool = False,
+    runs: pd.DataFrame, curves: pd.DataFrame, x: str, title: str, log_loss: bool = False
 ) -> Figure:
-    """Accuracy and mean loss of every split against `x`, one colour (and marker) per variant;
-    the test split's band is its mean ± std over seeds."""
+    """Accuracy and mean loss of every split against `x` (`epoch`, or training seconds shown in
+    seconds or minutes), one colour (and marker) per variant; the test split's band is its
+    mean ± std over seeds."""
     splits = [s for s in SPLIT_STYLES if f"{s}/acc" in curves and curves[f"{s}/acc"].notna().any()]
     ys = [f"{s}/{m}" for s in splits for m in ("acc", "loss_mean")]
     means = seed_mean(curves, runs, [x, *ys] if x != "epoch" else ys)
+    divisor, unit = time_unit(curves[x]) if x != "epoch" else (1.0, "")
+    xlabel = "epoch" if x == "epoch" else f"training {unit} (train + select)"
     styles, counts = variant_styles(runs), seed_counts(runs)
     legend = legend_layout(len(styles) + len(splits) + 1)
     fig = Figure(figsize=(11 if legend.loc.endswith("upper") else 12, 4.2 + legend.extra_height),
@@ -126,7 +153,7 @@ def curves_figure(
     axes = fig.subplots(1, 2)
     for variant, frame in means.groupby("variant"):
         colour, marker = styles[variant]
-        xs = frame["epoch"] if x == "epoch" else frame[(x, "mean")]
+        xs = frame["epoch"] if x == "epoch" else frame[(x, "mean")] / divisor
         every = max(1, len(frame) // 8)
         for ax, metric in zip(axes, ("acc", "loss_mean"), strict=True):
             for split in splits:
@@ -146,6 +173,8 @@ def curves_figure(
         ax.grid(alpha=0.3)
         if x == "epoch":
             epoch_axis(ax)
+        else:
+            plain_ticks(ax.xaxis)
     if log_loss:
         axes[1].set_yscale("log")
     handles = [Line2D([], [], color=c, marker=m, label=f"{v} (n={counts[v]})")
@@ -153,7 +182,7 @@ def curves_figure(
     handles += [Line2D([], [], color="0.3", linestyle=SPLIT_STYLES[s], label=s) for s in splits]
     handles.append(band_handle())
     fig.legend(handles=handles, loc=legend.loc, ncols=legend.ncols, fontsize=legend.fontsize)
-    fig.suptitle(title)
+    suptitle(fig, title)
     return fig
 
 
@@ -188,12 +217,12 @@ def noise_facets_figure(
     ]
     handles.append(band_handle())
     fig.legend(handles=handles, loc="outside right upper", fontsize=8)
-    fig.suptitle(title)
+    suptitle(fig, title)
     return fig
 
 
 # -- cost against accuracy ------------------------------------------------------------------------
-PARETO_AXES = (("train_time_s", "training seconds (train + select)"),
+PARETO_AXES = (("train_time_s", "training {unit} (train + select)"),
                ("samples_backprop", "samples back-propagated"))  # fmt: skip
 
 
@@ -215,6 +244,8 @@ def pareto_figure(runs: pd.DataFrame, title: str) -> Figure:
     one by one because a run that collapses makes a mean ± std bar meaningless (it crosses 1)."""
     from matplotlib.ticker import EngFormatter
 
+    divisor, unit = time_unit(runs["train_time_s"])
+    runs = runs.assign(train_time_s=runs["train_time_s"] / divisor)
     styles, counts = variant_styles(runs), seed_counts(runs)
     legend = legend_layout(len(styles) + 1)
     fig = Figure(figsize=(11 if legend.loc.endswith("upper") else 12, 4.4 + legend.extra_height),
@@ -241,43 +272,56 @@ def pareto_figure(runs: pd.DataFrame, title: str) -> Figure:
         ax.plot(
             cost[front], acc[front], "--", color="0.5", linewidth=1, label="Pareto front (means)"
         )
-        ax.set(xlabel=label)
-        ax.xaxis.set_major_formatter(EngFormatter(sep=""))
+        ax.set(xlabel=label.format(unit=unit))
+        if column == "train_time_s":
+            plain_ticks(ax.xaxis)
+        else:  # counts: 1k, 2.5M read at a glance
+            ax.xaxis.set_major_formatter(EngFormatter(sep=""))
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("final test accuracy")
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc=legend.loc, ncols=legend.ncols, fontsize=legend.fontsize)
-    fig.suptitle(title)
+    suptitle(fig, title)
     return fig
 
 
 # -- selection examples (SALN Fig. 7-8) -------------------------------------------------------------
+SELECTION_COLUMNS = 3  # panels per row: many selectors wrap into rows instead of one long strip
+SELECTION_PANEL_IN = 3.6
+
+
 def selection_figure(
     examples: dict[str, dict], title: str, seeds: dict[str, object] | None = None
 ) -> Figure:
-    """One panel per variant: the example batch, kept (green frame) and dropped (red frame,
-    faded), each image with its class label; the panel says selector, seed and batch."""
+    """One panel per variant, three to a row: the example batch, kept (blue frame) and dropped
+    (orange frame, faded), each image with its class label; the panel says selector, seed and
+    batch."""
     from matplotlib.patches import Patch
 
-    fig = Figure(figsize=(4.4 * len(examples), 5.0), layout="constrained")
-    axes = np.atleast_1d(fig.subplots(1, len(examples)))
-    for ax, (variant, ex) in zip(axes, examples.items(), strict=True):
+    ncols = min(SELECTION_COLUMNS, len(examples))
+    nrows = -(-len(examples) // ncols)
+    fig = Figure(figsize=(SELECTION_PANEL_IN * ncols + 0.3, (SELECTION_PANEL_IN + 0.6) * nrows + 0.9),
+                 layout="constrained")  # fmt: skip
+    axes = np.atleast_1d(fig.subplots(nrows, ncols)).ravel()
+    for ax in axes[len(examples) :]:
+        ax.set_visible(False)
+    for ax, (variant, ex) in zip(axes, examples.items(), strict=False):
         kept, images = ex["kept"].numpy().astype(bool), ex["images"].numpy()
         ax.imshow(montage(images, kept), interpolation="nearest")
         cols, (h, w) = int(np.ceil(np.sqrt(len(kept)))), images.shape[2:]
         for i, label in enumerate(ex["labels"].numpy()):
             row, col = divmod(i, cols)
-            ax.text(col * (w + 4) + 3, row * (h + 4) + 3, str(int(label)), fontsize=5, va="top",
+            ax.text(col * (w + 4) + 3, row * (h + 4) + 3, str(int(label)), fontsize=6, va="top",
                     color="white", bbox={"facecolor": "black", "alpha": 0.6, "pad": 0.5, "linewidth": 0})  # fmt: skip
         seed = (seeds or {}).get(variant)
         name = variant if str(variant) == str(ex["selector"]) else f"{variant} ({ex['selector']})"
-        ax.set_title(f"{name}, seed {seed}, batch {ex['batch']}:\n"
-                     f"kept {kept.sum()} of {len(kept)}", fontsize=9)  # fmt: skip
+        panel = f"{name}, seed {seed}, batch {ex['batch']}:\nkept {kept.sum()} of {len(kept)}"
+        ax.set_title(fit(panel, SELECTION_PANEL_IN, 9), fontsize=9)
         ax.axis("off")
     fig.legend(handles=[Patch(color=KEPT_RGB, label="kept (trained on)"),
-                        Patch(color=DROPPED_RGB, label="dropped")],
-               loc="outside lower center", ncols=2, fontsize=8)  # fmt: skip
-    fig.suptitle(f"{title} (number: class label)")
+                        Patch(color=DROPPED_RGB, label="dropped (faded)")],
+               loc="outside lower center", ncols=2, fontsize=9)  # fmt: skip
+    suptitle(fig, f"{title} (number: class label)")
     return fig
 
 
@@ -294,10 +338,11 @@ def final_layer_figure(layers: dict[str, np.ndarray], title: str) -> Figure:
             weight, aspect="auto", cmap="coolwarm", vmin=-limit, vmax=limit, interpolation="nearest"
         )
         fig.colorbar(image, ax=heat, label="weight")
-        heat.set(title=f"{variant}: weights", xlabel="input feature", ylabel="class")
+        heat.set(title=fit(f"{variant}: weights", 4.5, 12), xlabel="input feature", ylabel="class")
         hist.hist(weight.ravel(), bins=bins, color="0.35")
-        hist.set(title=f"{variant}: weight distribution", xlabel="weight", ylabel="count")
-    fig.suptitle(title)
+        hist.set(title=fit(f"{variant}: weight distribution", 4.5, 12), xlabel="weight",
+                 ylabel="count")  # fmt: skip
+    suptitle(fig, title)
     return fig
 
 
@@ -319,27 +364,50 @@ def uses_accumulation(curves: pd.DataFrame) -> bool:
     )
 
 
+def nesting(lines: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, int]:
+    """Per line, in drawing order: how many lines drawn after it run along one of its segments
+    (or sit on its one point). A line is drawn that many steps wider, so lines that coincide show
+    as nested stripes, every colour visible, instead of the last one hiding the others."""
+
+    def pieces(xs: np.ndarray, ys: np.ndarray) -> set:
+        points = list(zip(np.round(xs, 9), np.round(ys, 9), strict=True))
+        return set(pairwise(points)) if len(points) > 1 else set(points)
+
+    shapes = {variant: pieces(*line) for variant, line in lines.items()}
+    order = list(shapes)
+    return {
+        v: sum(bool(shapes[v] & shapes[w]) for w in order[i + 1 :]) for i, v in enumerate(order)
+    }
+
+
 def accumulation_figure(runs: pd.DataFrame, curves: pd.DataFrame, title: str) -> Figure:
+    """ASSIST's accumulation statistics per epoch, mean over seeds, one panel each; lines that
+    coincide (every selector without accumulation draws 1 raw batch per step) are nested."""
     means = seed_mean(accumulation_curves(curves), runs, [c for c, _ in ACCUMULATION_PANELS])
-    styles = variant_styles(runs)
+    styles, counts = variant_styles(runs), seed_counts(runs)
     legend = legend_layout(len(styles))
-    fig = Figure(figsize=(13, 3.6 + legend.extra_height), layout="constrained")
-    axes = fig.subplots(1, len(ACCUMULATION_PANELS))
+    fig = Figure(figsize=(11, 6.4 + legend.extra_height), layout="constrained")
+    axes = fig.subplots(2, 2).ravel()
     for ax, (column, label) in zip(axes, ACCUMULATION_PANELS, strict=True):
-        for variant, frame in means.groupby("variant"):
-            if (column, "mean") in frame:
-                colour, marker = styles[variant]
-                ax.plot(frame["epoch"], frame[(column, "mean")], label=variant, color=colour,
-                        marker=marker, markevery=max(1, len(frame) // 8), markersize=4)  # fmt: skip
-        ax.set(xlabel="epoch", ylabel=label.split(" (")[0], title=label)
+        lines = {
+            variant: (frame["epoch"].to_numpy(float), frame[(column, "mean")].to_numpy(float))
+            for variant, frame in means.groupby("variant")
+            if (column, "mean") in frame
+        }
+        for variant, k in nesting(lines).items():
+            colour, marker = styles[variant]
+            ax.plot(*lines[variant], color=colour, marker=marker, linewidth=1.5 + 3 * k,
+                    markersize=4 + 3.5 * k, markevery=max(1, len(lines[variant][0]) // 8))  # fmt: skip
+        ax.margins(y=0.15)  # room for a nest of lines at the top or bottom of the panel
+        ax.set(xlabel="epoch", title=fit(label, 4.5, 12))
         epoch_axis(ax)
         ax.grid(alpha=0.3)
-    if legend.loc.endswith("upper"):  # few variants: inside the first panel, as before
-        axes[0].legend(fontsize=7)
-    else:
-        handles, labels = axes[0].get_legend_handles_labels()
-        fig.legend(handles, labels, loc=legend.loc, ncols=legend.ncols, fontsize=legend.fontsize)
-    fig.suptitle(title)
+    handles = [Line2D([], [], color=c, marker=m, label=f"{v} (n={counts[v]})")
+               for v, (c, m) in styles.items()]  # fmt: skip
+    fig.legend(handles=handles, loc=legend.loc, ncols=legend.ncols, fontsize=legend.fontsize,
+               title="mean over n seeds;\nlines that coincide\nare drawn nested",
+               title_fontsize=legend.fontsize)  # fmt: skip
+    suptitle(fig, title)
     return fig
 
 
@@ -384,11 +452,11 @@ def group_figures(
         figure = noise_facets_figure(runs, curves, f"{setting}: test accuracy by label-noise rate")
         paths += save(figure, out_dir, f"{group}_curves_noise")
     elif len(curves):
-        for x, xlabel, name, what in (
-            ("epoch", "epoch", "epoch", "accuracy and loss per epoch"),
-            (TRAIN_SECONDS, "training seconds (train + select)", "time", "accuracy and loss per training second"),
-        ):  # fmt: skip
-            figure = curves_figure(runs, curves, x, xlabel, f"{setting}: {what}", log_loss)
+        for x, name, what in (
+            ("epoch", "epoch", "accuracy and loss per epoch"),
+            (TRAIN_SECONDS, "time", "accuracy and loss against training time"),
+        ):
+            figure = curves_figure(runs, curves, x, f"{setting}: {what}", log_loss)
             paths += save(figure, out_dir, f"{group}_curves_{name}")
     if runs["variant"].nunique() > 1 and {"train_time_s", "samples_backprop"} <= set(runs):
         figure = pareto_figure(

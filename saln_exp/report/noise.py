@@ -19,7 +19,7 @@ import yaml
 from matplotlib.figure import Figure
 
 from saln_exp import rundir
-from saln_exp.report.figures import save
+from saln_exp.report.figures import fit, save
 from saln_exp.report.load import BUDGETS, counted
 from saln_exp.report.tables import Table, mean_std_n, non_finite_note
 
@@ -83,7 +83,7 @@ def forgetting_histogram(
     )
     ax.set_xlabel("forgetting events during training")
     ax.set_ylabel("fraction of samples in the group")
-    ax.set_title(f"Forgetting events: {run_label(run_dir)}", fontsize=10)
+    ax.set_title(fit(f"Forgetting events: {run_label(run_dir)}", 6.6, 10), fontsize=10)
     ax.legend()
     return save(fig, Path(out_dir) if out_dir is not None else run_dir, name)
 
