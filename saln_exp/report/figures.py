@@ -399,7 +399,7 @@ def accumulation_figure(runs: pd.DataFrame, curves: pd.DataFrame, title: str) ->
             ax.plot(*lines[variant], color=colour, marker=marker, linewidth=1.5 + 3 * k,
                     markersize=4 + 3.5 * k, markevery=max(1, len(lines[variant][0]) // 8))  # fmt: skip
         ax.margins(y=0.15)  # room for a nest of lines at the top or bottom of the panel
-        ax.set(xlabel="epoch", title=fit(label, 4.5, 12))
+        ax.set(xlabel="epoch", ylabel=label.split(" (")[0], title=fit(label, 4.5, 12))
         epoch_axis(ax)
         ax.grid(alpha=0.3)
     handles = [Line2D([], [], color=c, marker=m, label=f"{v} (n={counts[v]})")
