@@ -261,9 +261,10 @@ def test_every_latex_table_prints_on_an_a4_page_at_footnotesize(sweep, tmp_path,
     """All paper tables (filled or empty) and the comparison, as `--format latex` writes them:
     one float per column group (ASSIST: the thesis' accuracy / mean loss / q0.9 loss / worst
     loss), n once per row, keys left and numbers right."""
-    assert cli.main([str(sweep), "--out", str(tmp_path), "--format", "latex", "--no-figures",
+    source, out = as_saln_pets_recipe(sweep, tmp_path), tmp_path / "report"
+    assert cli.main([str(source), "--out", str(out), "--format", "latex", "--no-figures",
                      "--table", "all"]) == 0  # fmt: skip
-    tex = (tmp_path / "tables.tex").read_text()
+    tex = (out / "tables.tex").read_text()
     captions = floats(tex)
     labels = re.findall(r"\\label\{(tab:[^}]*)\}", tex)
     assert len(labels) == len(set(labels)) == len(captions) == tex.count("\\begin{table}")
