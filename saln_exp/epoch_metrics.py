@@ -47,11 +47,12 @@ class EpochStats:
         for key, value in values.items():
             self.diagnostics.setdefault(key, []).append(float(value))
 
-    def as_metrics(self, overflow: int) -> dict[str, float]:
+    def as_metrics(self, overflow: int, staged: int) -> dict[str, float]:
         out = {
             "select/kept_frac": self.kept / max(self.seen, 1),
             "select/fallbacks": self.fallbacks,
             "select/overflow": overflow,
+            "select/staged": staged,
             "select/raw_batches_per_step": self.candidate_batches / self.steps
             if self.steps
             else float("nan"),
@@ -147,11 +148,13 @@ def evaluate(
 
 
 def epoch_row(
-    evaluation: dict[str, float], overflow: int, progress: Progress, lr: float
+    evaluation: dict[str, float], overflow: int, staged: int, progress: Progress, lr: float
 ) -> dict[str, Any]:
     """The finished epoch's line of metrics.jsonl: its evaluation, its selection and training
-    counts, then the run's running totals (clocks already folded into `progress.seconds`)."""
-    row: dict[str, Any] = {**evaluation, **progress.epoch_stats.as_metrics(overflow)}
+    counts (`overflow`: kept samples accumulation discarded this epoch; `staged`: kept samples
+    waiting for the next step at its end), then the run's running totals (clocks already folded
+    into `progress.seconds`)."""
+    row: dict[str, Any] = {**evaluation, **progress.epoch_stats.as_metrics(overflow, staged)}
     row["epoch"] = progress.epoch
     for phase in (*TIME_PHASES, "wall"):
         row[f"time/{phase}_s"] = progress.seconds.get(phase, 0.0)  # older checkpoints lack some

@@ -302,8 +302,12 @@ class BatchSelector:
 
     def _stage(self, kept: Batch, n_candidates: int) -> Batch | None:
         if self.accumulator is None:  # the runner's step size: the batch size of its loader
-            self.accumulator = Accumulator(self.batch_size or n_candidates)
-        return self.accumulator.add(kept)
+            self.accumulator = self._accumulator(self.batch_size or n_candidates)
+        self.accumulator.add(kept)
+        return self.accumulator.ready()  # one step per call; anything more waits for the next
+
+    def _accumulator(self, size: int) -> Accumulator:
+        return Accumulator(size, self.selector.overflow_rule)
 
     @staticmethod
     def _kept(positions, step: Batch, total, selection, candidates, view) -> Kept:
@@ -351,6 +355,7 @@ class BatchSelector:
 
     def start_epoch(self, ctx: RunContext) -> Tensor | None:
         """The epoch's training positions (None: all), once per epoch before its batches."""
+        self.selector.start_epoch()
         positions = self.selector.epoch_positions(ctx)
         self.epochs_started += 1
         return positions
@@ -375,7 +380,7 @@ class BatchSelector:
     def load_state_dict(self, state: dict[str, Any], device: torch.device | str = "cpu") -> None:
         self.selector.load_state_dict(state["selector"])
         if state["accumulator"] is not None:
-            self.accumulator = Accumulator(state["accumulator_size"])
+            self.accumulator = self._accumulator(state["accumulator_size"])
             self.accumulator.load_state_dict(state["accumulator"], torch.device(device))
         self.epochs_started = int(state["epochs_started"])
         self.order_generator.set_state(state["order"])

@@ -151,7 +151,9 @@ class Trainer:
         self.autocast = autocast_factory(device, s.precision)
         fp16_on_cuda = s.precision == "fp16" and device.type == "cuda"
         self.scaler = torch.amp.GradScaler(device.type, enabled=fp16_on_cuda)
-        self.accumulator = Accumulator(s.batch_size) if selector.accumulate else None
+        self.accumulator = (
+            Accumulator(s.batch_size, selector.overflow_rule) if selector.accumulate else None
+        )
         self.forgetting = ForgettingTracker(len(data.noisy), device)  # keyed by source-train index
         self.timers = Timers(sync=device.type == "cuda")
         self.data_generator = rng.generator(s.seed, "epoch_order")
@@ -221,7 +223,7 @@ class Trainer:
             for positions in chunks:
                 steps_before = p.steps
                 try:
-                    self.candidate_batch(positions, inputs)
+                    self.candidate_batch(positions, inputs, last=p.cursor == n_batches - 1)
                 except stop.ReaderStopped:
                     # one process: a clean point, before this batch. Several: the ranks may not
                     # all be here, so they resume from the last checkpoint instead
@@ -261,6 +263,7 @@ class Trainer:
         """Draw the epoch's sample order (over the selector's epoch positions, if it has any)."""
         p = self.progress
         with self.timers("select"):
+            self.selector.start_epoch()
             positions = self.selector.epoch_positions(self.ctx)
         if positions is None:
             positions = torch.arange(len(self.data.train))
@@ -281,9 +284,12 @@ class Trainer:
             dynamic_ncols=True,
         )
 
-    def candidate_batch(self, positions: Tensor, inputs: Iterator[Tensor]) -> None:
+    def candidate_batch(
+        self, positions: Tensor, inputs: Iterator[Tensor], last: bool = False
+    ) -> None:
         """Select from, and train on, the candidate batch at `positions` of the training split;
-        `inputs` yields its model inputs (`pipeline.batches` over the epoch's batches)."""
+        `inputs` yields its model inputs (`pipeline.batches` over the epoch's batches); `last`:
+        the epoch's last candidate batch (where accumulation may train a smaller step)."""
         train, s, p = self.data.train, self.settings, self.progress
         stats = p.epoch_stats
         with self.timers("train"):  # reading and augmenting the batch is part of training
@@ -317,8 +323,11 @@ class Trainer:
         p.seen += len(batch)
         if self.accumulator is None:
             self.train_step(kept)
-        elif (full := self.accumulator.add(kept)) is not None:
-            self.train_step(full)
+            return
+        self.accumulator.add(kept)
+        run_end = last and p.epoch == s.epochs - 1
+        while (ready := self.accumulator.ready(epoch_end=last, run_end=run_end)) is not None:
+            self.train_step(ready)
 
     def candidate_batch_local(self, batch: Batch) -> None:
         """`selector.scope=local` on several processes: each rank selects within its share of
@@ -466,11 +475,11 @@ class Trainer:
                 self.model, self.data, self.settings.eval_batch_size, self.train_eval_positions,
                 self.ctx.train_outputs, self.forgetting, shard=self.world.active,
             )  # fmt: skip
-        overflow = (
-            (self.accumulator.overflow - p.overflow_at_epoch_start) if self.accumulator else 0
-        )
+        acc = self.accumulator
+        overflow = (acc.overflow - p.overflow_at_epoch_start) if acc else 0
+        staged = acc.count if acc else 0
         self.fold_clocks()
-        metrics = epoch_row(evaluation, overflow, p, self.optimizer.param_groups[0]["lr"])
+        metrics = epoch_row(evaluation, overflow, staged, p, self.optimizer.param_groups[0]["lr"])
         p.history.append(metrics)
         if self.tracking is not None:
             self.tracking.log_epoch(metrics)

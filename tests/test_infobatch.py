@@ -166,7 +166,7 @@ def test_the_training_loss_is_the_weighted_mean_over_the_kept_samples(
 
 
 def test_weights_travel_through_accumulation_and_its_checkpoint():
-    acc = Accumulator(5)
+    acc = Accumulator(5, InfoBatch.overflow_rule)
     one = Batch(
         torch.arange(3),
         torch.zeros(3, 2),
@@ -176,10 +176,12 @@ def test_weights_travel_through_accumulation_and_its_checkpoint():
     two = Batch(
         torch.arange(3, 6), torch.zeros(3, 2), torch.zeros(3, dtype=torch.long)
     )  # unweighted
-    assert acc.add(one) is None
-    restored = Accumulator(5)
+    acc.add(one)
+    assert acc.ready() is None
+    restored = Accumulator(5, InfoBatch.overflow_rule)
     restored.load_state_dict(acc.state_dict(), torch.device("cpu"))
-    full = restored.add(two)
+    restored.add(two)
+    full = restored.ready()
     assert torch.equal(full.index, torch.arange(5))
     assert torch.equal(full.w, torch.tensor([2.0, 2.0, 2.0, 1.0, 1.0]))
 

@@ -39,6 +39,16 @@ def make_batch(n=64, classes=10, seed=0, accuracy=0.5):
     return Batch(index=torch.arange(100, 100 + n), x=logits.float(), y=y)
 
 
+def stage(acc: Accumulator, batch: Batch, **end) -> list[Batch]:
+    """Stage one candidate batch's kept samples; the batches ready to train on, as the trainer
+    takes them."""
+    acc.add(batch)
+    ready = []
+    while (one := acc.ready(**end)) is not None:
+        ready.append(one)
+    return ready
+
+
 def view_of(batch, reference_losses=None):
     sources = ViewSources(
         reference_losses=(lambda b: reference_losses) if reference_losses is not None else None
@@ -398,8 +408,8 @@ def test_with_accumulation_a_batch_with_nothing_to_keep_adds_nothing(name):
     assert not sel.fallback
     if name != "topq_loss":
         assert len(sel.positions) == 0
-        accumulator = Accumulator(batch_size=8)
-        assert accumulator.add(batch.take(sel.positions)) is None and accumulator.count == 0
+        accumulator = Accumulator(batch_size=8, overflow_rule=selector.overflow_rule)
+        assert stage(accumulator, batch.take(sel.positions)) == [] and accumulator.count == 0
     assert selector.select(batch, view_of(batch), accumulating=False).fallback
 
 
@@ -446,9 +456,57 @@ def test_build_selector_passes_only_selector_options(make_cfg):
     assert selector.margin == 0.2 and selector.filter_ratio == 0.0
 
 
-# -- accumulation (ASSIST Algorithm 10) ---------------------------------------------------------------
+# -- accumulation (ASSIST Algorithm 10; Selective-Backprop's staging) --------------------------------
+def test_only_assists_accuracy_filters_discard_what_overflows_a_batch():
+    """ASSIST Alg. 10 drops kept samples that do not fit a full batch, for its accuracy filters;
+    every other selector carries them to the next step (Selective-Backprop's staging)."""
+    assist = {"accuracy", "accuracy_epoch", "soft_accuracy", "hard_accuracy_topk"}
+    rules = {name: cls.overflow_rule for name, cls in SELECTORS.items()}
+    assert {name for name, rule in rules.items() if rule == "discard"} == assist
+    assert {rule for name, rule in rules.items() if name not in assist} == {"carry"}
+
+
+def labelled(start: int, n: int) -> Batch:
+    index = torch.arange(start, start + n)
+    return Batch(index, index.float()[:, None], index % 3)
+
+
+def test_carried_overflow_waits_for_the_next_step_and_nothing_is_lost():
+    acc = Accumulator(batch_size=10, overflow_rule="carry")
+    rng = np.random.default_rng(0)
+    trained, kept_total = [], 0
+    for _ in range(50):
+        k = int(rng.integers(0, 25))  # sometimes more than two batches' worth at once
+        for ready in stage(acc, labelled(kept_total, k)):
+            assert len(ready) == 10 and torch.equal(ready.x[:, 0].long(), ready.index)
+            trained.append(ready.index)
+        kept_total += k
+    flat = torch.cat(trained)
+    assert torch.equal(flat, torch.arange(len(flat)))  # every one, once, first come first served
+    assert acc.overflow == 0 and len(flat) + acc.count == kept_total and acc.count < 10
+
+
+def test_carried_samples_at_an_epochs_end_as_the_authors_get_batch():
+    """Selective-Backprop's `get_batch(final=True)`: with no full batch, the staged samples are
+    trained as one smaller step; once a full batch formed, the rest waits for the next epoch.
+    The run's end trains everything."""
+    acc = Accumulator(batch_size=10, overflow_rule="carry")
+    assert [len(b) for b in stage(acc, labelled(0, 7), epoch_end=True)] == [7]
+    assert [len(b) for b in stage(acc, labelled(7, 13), epoch_end=True)] == [10]
+    assert acc.count == 3
+    assert [len(b) for b in stage(acc, labelled(20, 0), epoch_end=True)] == [3]
+    assert [len(b) for b in stage(acc, labelled(23, 12), run_end=True)] == [10, 2]
+    assert acc.count == 0
+
+
+def test_discarded_overflow_is_never_flushed_at_an_epochs_end():
+    acc = Accumulator(batch_size=10, overflow_rule="discard")
+    assert stage(acc, labelled(0, 7), epoch_end=True, run_end=True) == []
+    assert [len(b) for b in stage(acc, labelled(7, 25))] == [10] and acc.overflow == 22
+
+
 def test_accumulator_trains_exactly_batch_size_and_counts_overflow():
-    acc = Accumulator(batch_size=10)
+    acc = Accumulator(batch_size=10, overflow_rule="discard")
     rng = np.random.default_rng(0)
     trained, kept_total, next_index = [], 0, 0
     for _ in range(50):
@@ -456,8 +514,7 @@ def test_accumulator_trains_exactly_batch_size_and_counts_overflow():
         index = torch.arange(next_index, next_index + k)
         next_index += k
         kept_total += k
-        full = acc.add(Batch(index, index.float()[:, None], index % 3))
-        if full is not None:
+        for full in stage(acc, Batch(index, index.float()[:, None], index % 3)):
             assert len(full) == 10
             assert torch.equal(full.x[:, 0].long(), full.index)  # rows stay aligned
             trained.append(full.index)
@@ -468,13 +525,13 @@ def test_accumulator_trains_exactly_batch_size_and_counts_overflow():
 
 
 def test_accumulator_state_round_trip():
-    acc = Accumulator(8)
-    acc.add(Batch(torch.arange(5), torch.zeros(5, 2), torch.zeros(5, dtype=torch.long)))
-    restored = Accumulator(8)
+    acc = Accumulator(8, "discard")
+    stage(acc, Batch(torch.arange(5), torch.zeros(5, 2), torch.zeros(5, dtype=torch.long)))
+    restored = Accumulator(8, "discard")
     restored.load_state_dict(acc.state_dict(), torch.device("cpu"))
     assert restored.count == 5 and restored.overflow == 0
-    full = restored.add(
-        Batch(torch.arange(5, 9), torch.ones(4, 2), torch.ones(4, dtype=torch.long))
+    (full,) = stage(
+        restored, Batch(torch.arange(5, 9), torch.ones(4, 2), torch.ones(4, dtype=torch.long))
     )
     assert full.index.tolist() == list(range(8)) and restored.overflow == 1
 
@@ -483,11 +540,13 @@ def test_accumulator_steps_as_soon_as_the_batch_is_full():
     """Our reading of Alg. 10's step condition: the prose's "once the batch is filled" (>=), not
     the pseudo-code's len(FB) > size_FB, which would hold a batch of exactly size_FB back, wait
     for the next raw batch and then discard its kept samples as overflow."""
-    acc = Accumulator(batch_size=8)
+    acc = Accumulator(batch_size=8, overflow_rule="discard")
     half = Batch(torch.arange(4), torch.zeros(4, 2), torch.zeros(4, dtype=torch.long))
-    assert acc.add(half) is None
-    full = acc.add(Batch(torch.arange(4, 8), torch.zeros(4, 2), torch.zeros(4, dtype=torch.long)))
-    assert full is not None and full.index.tolist() == list(range(8))
+    assert stage(acc, half) == []
+    (full,) = stage(
+        acc, Batch(torch.arange(4, 8), torch.zeros(4, 2), torch.zeros(4, dtype=torch.long))
+    )
+    assert full.index.tolist() == list(range(8))
     assert acc.overflow == 0 and acc.count == 0
 
 

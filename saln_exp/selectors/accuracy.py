@@ -18,6 +18,7 @@ from saln_exp.selectors.base import Batch, BatchView, Selector
 class AccuracyFilter(Selector):
     name = "accuracy"
     style = ("#E69F00", "P")  # colour and marker in every figure (report/style.py)
+    overflow_rule = "discard"  # with accumulation: ASSIST Alg. 10 drops what does not fit
 
     def choose(self, batch: Batch, view: BatchView):
         wrong = view.predictions != batch.y

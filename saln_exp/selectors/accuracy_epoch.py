@@ -18,6 +18,7 @@ from saln_exp.selectors.base import Batch, BatchView, RunContext, Selector
 class EpochAccuracyFilter(Selector):
     name = "accuracy_epoch"
     style = ("#CC79A7", "X")  # colour and marker in every figure (report/style.py)
+    overflow_rule = "discard"  # with accumulation: ASSIST Alg. 10 drops what does not fit
 
     def __init__(self, batchwise: bool = False, **common):
         super().__init__(**common)

@@ -25,6 +25,9 @@ if TYPE_CHECKING:
 
 FEATURE_SOURCES = ("pixels", "learner", "pretrained")
 SCOPES = ("global", "local")
+# with accumulation, kept samples beyond a full batch wait for the next step (carry) or are
+# dropped (discard, ASSIST Alg. 10); accumulate.py
+OVERFLOW_RULES = ("carry", "discard")
 
 
 @dataclass
@@ -192,6 +195,10 @@ class Selector:
 
     name = "base"
     style = ("#DDCC77", ".")  # (colour, marker) in every figure; each selector sets its own
+    # accumulation's rule for kept samples beyond a full batch (accumulate.py): carried to the
+    # next step, as Selective-Backprop's staging does; only ASSIST's accuracy filters discard
+    # them, as its Algorithm 10 says
+    overflow_rule = "carry"
 
     def __init_subclass__(cls, **kwargs: Any):
         super().__init_subclass__(**kwargs)
@@ -221,7 +228,7 @@ class Selector:
         self.min_keep = int(min_keep)
         # How selections become optimizer steps; the trainer reads these, the selector carries
         # them because they are options of the selection (conf/selector/*.yaml).
-        self.accumulate = bool(accumulate)  # ASSIST Alg. 10: pile kept samples up to a full batch
+        self.accumulate = bool(accumulate)  # stage kept samples up to a full batch (accumulate.py)
         self.candidate_batch_size = (
             None if candidate_batch_size is None else int(candidate_batch_size)
         )
@@ -245,6 +252,9 @@ class Selector:
     def prepare(self, ctx: RunContext) -> ViewSources:
         """Once before training: build caches (features, reference model). Default: nothing."""
         return ViewSources()
+
+    def start_epoch(self) -> None:
+        """Once as each epoch starts, before `epoch_positions`. Default: nothing."""
 
     def epoch_positions(self, ctx: RunContext) -> Tensor | None:
         """Once per epoch: the training positions the epoch iterates over (None = all)."""

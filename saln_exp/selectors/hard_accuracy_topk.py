@@ -18,6 +18,7 @@ from saln_exp.selectors.base import Batch, BatchView, Selector
 class HardAccuracyTopK(Selector):
     name = "hard_accuracy_topk"
     style = ("#56B4E9", "<")  # colour and marker in every figure (report/style.py)
+    overflow_rule = "discard"  # with accumulation: ASSIST Alg. 10 drops what does not fit
 
     def choose(self, batch: Batch, view: BatchView):
         wrong_mask = view.predictions != batch.y

@@ -13,6 +13,7 @@ from saln_exp.selectors.base import Batch, BatchView, Selector
 class SoftAccuracyFilter(Selector):
     name = "soft_accuracy"
     style = ("#F0E442", ">")  # colour and marker in every figure (report/style.py)
+    overflow_rule = "discard"  # with accumulation: ASSIST Alg. 10 drops what does not fit
 
     def __init__(self, margin: float = 0.1, **common):
         super().__init__(**common)
