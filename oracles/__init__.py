@@ -3,12 +3,13 @@ check saln_exp's selectors against.
 
 Nothing here is used for training: the selectors implement the same rules faster. The oracles are
 deliberately naive (loops, lists, numpy instead of torch) so that they share no code and no
-shortcuts with the selectors; each is transcribed from its paper, and line comments cite the
+shortcuts with the selectors; each is transcribed from its paper, or from its authors' code where
+that is the reference (the module cites repository, file and commit), and line comments cite the
 pseudo-code. Deviations would defeat the purpose, so none are made.
 
 One module per paper: `saln` (Algorithm 1), `assist` (Algorithms 3-7 and the loss-based random
-selectors), `rho` (RHO-LOSS), `jest` (JEST's joint sampling); `losses` holds the numpy loss and
-softmax they share.
+selectors), `rho` (RHO-LOSS), `jest` (JEST's joint sampling), `selective_backprop` and `infobatch`
+(their authors' code); `losses` holds the numpy loss and softmax they share.
 """
 
 from oracles.assist import (

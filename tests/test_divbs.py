@@ -59,3 +59,13 @@ def test_the_features_are_the_last_layer_gradient():
     for i in range(6):
         (grad,) = torch.autograd.grad(F.cross_entropy((h[i : i + 1] @ w.T), y[i : i + 1]), w)
         torch.testing.assert_close(ours[i], grad.flatten())
+
+
+def test_divbs_keeps_the_authors_int_n_times_ratio():
+    """The code's `int(inputs.shape[0] * ratio)` with ratio 0.1 keeps 32 of a batch of 320 (its
+    CIFAR configs); float's int(320 * (1 - 0.9)) would keep 31."""
+    assert int(320 * 0.1) == 32 and int(320 * (1 - 0.9)) == 31
+    selector = DivBS(filter_ratio=0.9, seed=0)
+    assert selector.keep_count(320) == 32
+    g = torch.randn(320, 6, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    assert len(set(selector.greedy(g, selector.keep_count(320)).tolist())) == 32

@@ -133,3 +133,14 @@ def test_tau_is_part_of_the_selector_state():
     other = ImportanceSampling(variance_reduction=True)
     other.load_state_dict(sel.state_dict())
     assert other.tau == 1.7
+
+
+@pytest.mark.parametrize("b", [1, 16, 128, 341, 1024])
+def test_the_default_presamples_three_batches_as_the_authors_code(make_cfg, b):
+    """The authors' ImportanceTraining(presample=3.0): B = 3b scored, b trained; and tau_th is
+    their (B + 3b) / (3b) = 2."""
+    from saln_exp.selectors import build_selector
+
+    selector = build_selector(make_cfg("selector=importance").selector, seed=0)
+    assert selector.keep_count(3 * b) == b
+    assert selector.threshold(3 * b) == pytest.approx(2.0)

@@ -6,6 +6,7 @@ accumulation and resume."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,7 @@ import torch
 from omegaconf import OmegaConf
 
 from conftest import TIME_KEYS
+from oracles.infobatch import pruning_epochs as oracle_pruning_epochs
 from saln_exp.selectors import SELECTORS, Batch
 from saln_exp.selectors.accumulate import Accumulator
 from saln_exp.selectors.base import Selector
@@ -94,11 +96,28 @@ def test_every_below_mean_sample_is_kept_with_probability_keep_ratio():
 
 def test_annealing_trains_the_last_epochs_on_everything_unweighted():
     scores = np.r_[np.zeros(10), np.ones(10)]
-    selector = infobatch_after_one_epoch(scores, r=0.5, epochs=4)  # prune epochs 0..3 (3 <= 3.5)
+    selector = infobatch_after_one_epoch(scores, r=0.5, epochs=4)  # prune epochs 0..2 (3 <= 3.5)
     ctx = FakeContext(20, 4)
-    assert [len(selector.epoch_positions(ctx)) for _ in range(3)] == [15, 15, 15]
-    last = selector.epoch_positions(ctx)  # epoch 4 > 3.5: annealing
+    assert [len(selector.epoch_positions(ctx)) for _ in range(2)] == [15, 15]
+    last = selector.epoch_positions(ctx)  # epoch 3: 3 + 1 > 3.5, annealing
     assert torch.equal(last, torch.arange(20)) and torch.all(selector.weights == 1)
+
+
+@pytest.mark.parametrize(
+    "epochs, delta", [(4, 0.875), (8, 0.875), (200, 0.875), (10, 0.5), (3, 1.0), (7, 0.3)]
+)
+def test_the_pruned_epochs_are_the_authors_samplers(epochs, delta):
+    """The code's IBSampler counter is 1 when the first epoch starts: it prunes the first
+    delta * epochs epochs, as the paper says (175 of 200), not one more."""
+    selector, pruned = InfoBatch(filter_ratio=0.5, delta=delta), []
+    real_prune = selector.prune
+    selector.prune = lambda scores: pruned.append(selector.epoch - 1) or real_prune(scores)
+    ctx = FakeContext(20, epochs)
+    for _ in range(epochs):
+        selector.epoch_positions(ctx)
+    flags = [epoch in pruned for epoch in range(epochs)]
+    assert flags == oracle_pruning_epochs(epochs, delta)
+    assert sum(flags) == math.floor(delta * epochs)
 
 
 def test_the_expected_weighted_gradient_is_the_full_gradient_on_a_linear_model():
@@ -219,12 +238,12 @@ def test_infobatch_resumed_mid_epoch_matches_an_uninterrupted_run(make_cfg, tmp_
 # -------------------------------------------------------------------- RS2 (same epoch-level hook)
 
 
-@pytest.mark.parametrize("n, f", [(20, 0.75), (23, 0.7), (10, 0.0)])
-def test_rs2_draws_fresh_subsets_without_replacement_until_every_sample_was_used(n, f):
+@pytest.mark.parametrize("n, f, fraction", [(20, 0.75, 0.25), (23, 0.7, 0.3), (10, 0.0, 1.0)])
+def test_rs2_draws_fresh_subsets_without_replacement_until_every_sample_was_used(n, f, fraction):
     from saln_exp.selectors.rs2 import RS2
 
     selector, ctx = RS2(filter_ratio=f, seed=3), FakeContext(n, 100)
-    k = int(n * (1 - f))
+    k = round(n * fraction)  # the authors' coreset_size = round(n_train * fraction)
     counts = np.zeros(n, dtype=int)
     for epoch in range(12):
         positions = selector.epoch_positions(ctx).numpy()
@@ -237,3 +256,10 @@ def test_rs2_draws_fresh_subsets_without_replacement_until_every_sample_was_used
     again = RS2(filter_ratio=f, seed=99)
     again.load_state_dict(state)
     assert torch.equal(again.epoch_positions(ctx), selector.epoch_positions(ctx))  # resumable
+
+
+def test_rs2_keeps_the_authors_rounded_count():
+    """round(60,000 * 0.1) = 6,000 as the code's coreset_size, not int(60,000 * (1 - 0.9)) = 5,999."""
+    from saln_exp.selectors.rs2 import RS2
+
+    assert len(RS2(filter_ratio=0.9).epoch_positions(FakeContext(60000, 10))) == 6000

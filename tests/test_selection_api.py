@@ -130,7 +130,7 @@ def test_rs2_trains_each_epoch_on_a_fresh_tenth_through_its_sampler():
     for _ in range(10):
         assert len(loader) == -(-len(sampler) // 32)  # len() describes the epoch iterated next
         epochs.append([int(i) for _, _, index in loader for i in index])
-    assert {len(e) for e in epochs} == {int(256 * 0.1)}
+    assert {len(e) for e in epochs} == {round(256 * 0.1)}  # the authors' round(N r)
     assert all(len(set(e)) == len(e) for e in epochs)
     used = [i for e in epochs for i in e]
     assert max(used.count(i) for i in range(256)) - min(used.count(i) for i in range(256)) <= 1

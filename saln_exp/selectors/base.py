@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -298,6 +299,11 @@ class Selector:
         batch and take no step; we keep 1 sample instead, so a fixed-ratio selector always
         trains (a documented choice, tested in test_selectors.py)."""
         return max(1, int(n * (1.0 - self.filter_ratio)))
+
+    def kept_ratio(self) -> float:
+        """1 - f as the decimal it stands for (1 - 0.9 = 0.1, where float arithmetic gives
+        0.09999999999999998): for the methods whose code is given the kept ratio itself."""
+        return float(Decimal(1) - Decimal(repr(self.filter_ratio)))
 
     def uniform(self, n: int, k: int) -> Tensor:
         return torch.randperm(n, generator=self.generator)[:k]

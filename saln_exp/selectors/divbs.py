@@ -1,5 +1,7 @@
 """DivBS, diversified batch selection (Hong et al., "Diversified Batch Selection for Training
-Acceleration", ICML 2024), as its authors' `DivBS.greedy_selection` does it.
+Acceleration", ICML 2024), as its authors' code does it: `methods/DivBS.py` (`calc_grad`,
+`greedy_selection`, `before_batch`) of github.com/Feng-Hong/DivBS at commit
+33ae1062ad558be0821df72cf7b11aea231f4857.
 
 Each sample of the candidate batch is represented by its last-layer gradient,
 g_i = (softmax(z_i) - onehot(y_i)) outer h_i (h the penultimate features, eval mode), flattened;
@@ -10,6 +12,10 @@ already chosen (Gram-Schmidt) and normalised, is removed from the residual. So e
 covers a direction of the mean gradient the others do not (the paper's orthogonalised
 representativeness). When every correlation is zero (the chosen set already spans the residual),
 the rest is drawn uniformly from the samples not chosen, as the authors' code does.
+
+The code keeps `int(n * ratio)`, given the kept ratio itself (0.1 in its configs); here that ratio
+is 1 - `filter_ratio` taken as the decimal it stands for, so f = 0.9 keeps 32 of 320 as the code
+does, not the 31 that float arithmetic's 1 - 0.9 = 0.0999... would give.
 """
 
 from __future__ import annotations
@@ -31,6 +37,10 @@ def last_layer_gradients(logits: Tensor, labels: Tensor, features: Tensor) -> Te
 class DivBS(Selector):
     name = "divbs"
     style = ("#997700", "3")  # colour and marker in every figure (report/style.py)
+
+    def keep_count(self, n: int) -> int:
+        """The code's `int(inputs.shape[0] * ratio)`, at least 1."""
+        return max(1, int(n * self.kept_ratio()))
 
     def greedy(self, grads: Tensor, k: int) -> Tensor:
         n = len(grads)

@@ -1,5 +1,8 @@
 """Importance sampling (Katharopoulos and Fleuret, "Not All Samples Are Created Equal: Deep
-Learning with Importance Sampling", ICML 2018, Algorithm 1 without its variance-reduction switch).
+Learning with Importance Sampling", ICML 2018, Algorithm 1 without its variance-reduction switch),
+checked against its authors' `importance_sampling/training.py::ImportanceTraining` and
+`samplers.py::ModelSampler` (github.com/idiap/importance-sampling at commit
+9c9cab2ac91081ae2b64f99891504155057c09e3).
 
 From a candidate batch of B samples, b = int(B * (1 - filter_ratio)) draws are made with
 replacement, sample i with probability p_i = g_i / sum_j g_j, and each draw is weighted by
@@ -26,6 +29,12 @@ read the b samples' scores from the selector's eval-mode forward of the whole ca
 where the paper reuses its training forward of the b samples. Off by default, so every batch is
 importance-sampled (the sampler the paper's experiments compare, and this selector's behaviour
 before the switch existed).
+
+The default `filter_ratio` keeps a third of the candidate batch: the code's `presample=3.0`,
+B = 3b. Two differences from that code remain (docs/selectors.md): the code draws each presample
+uniformly with replacement from the whole training set (`np.random.choice(N, large_batch)`), where
+candidate batches here are consecutive slices of a shuffled pass; and the code's epoch is N / b
+steps (3N samples scored), where an epoch here is one pass over the data, N / B steps.
 """
 
 from __future__ import annotations

@@ -1,9 +1,12 @@
 """InfoBatch (Qin et al., "InfoBatch: Lossless Training Speed Up by Unbiased Dynamic Data
-Pruning", ICLR 2024), as its authors' `infobatch.py` implements it.
+Pruning", ICLR 2024), as its authors' `infobatch/infobatch.py` (github.com/NUS-HPC-AI-Lab/InfoBatch
+at commit 8bbb012c256c9eb4de3bb209f8a5e73899de8d02) implements it.
 
 Each sample's score is its most recent training loss (the per-sample loss of the step that trained
-on it: no extra forward), 3.0 before it was first trained on. At the start of every epoch while
-`epoch <= delta * epochs` (0-based epochs, the code's `iterations > stop_prune` test):
+on it: no extra forward), 3.0 before it was first trained on. At the start of every epoch e
+(0-based) with `e + 1 <= delta * epochs`, the first delta * epochs epochs as the paper says: the
+code prunes while `iterations <= stop_prune`, and its `IBSampler` counter is already 1 when the
+first epoch starts (the constructor calls `reset()` once, then every epoch's `__iter__` does):
 
 - the "well-learned" samples are those whose score is below the mean score (Sec. 3.1);
 - of them, `int(keep_ratio * count)` are kept, drawn uniformly without replacement, and the rest
@@ -66,7 +69,7 @@ class InfoBatch(Selector):
             self.weights = torch.ones(n_rows, device=ctx.device)
         self.weights.fill_(1.0)
         epochs = int(ctx.cfg.trainer.epochs)
-        pruning = self.epoch <= self.delta * epochs
+        pruning = self.epoch + 1 <= self.delta * epochs  # the code's iterations <= stop_prune
         self.epoch += 1
         positions = torch.arange(len(train))
         if pruning:  # once per epoch: the scores come to the host for the draw

@@ -1,14 +1,19 @@
 """RS2, repeated random sampling without replacement (Okanovic et al., "Repeated Random Sampling
-for Minimizing the Time-to-Accuracy of Learning", ICLR 2024, Algorithm 1 without replacement).
+for Minimizing the Time-to-Accuracy of Learning", ICLR 2024, Algorithm 1 without replacement), as
+its authors' `UniformNoReplacement` (`src/DeepCore/deepcore/methods/uniform_no_replacement.py`,
+`coresetmethod.py` of github.com/PatrikOkanovic/RS2 at commit
+99edfc8a323abc8da09217165ecf57fb569240ea) draws it, but for the pass boundary.
 
-Every epoch trains on a random subset of the training set of size k = int(N * (1 - filter_ratio))
-(the paper's selection ratio r = 1 - filter_ratio; its headline runs use r = 10%). Subsets are
-consecutive chunks of one random permutation, so no sample is seen twice before every sample was
-seen once; when the permutation is exhausted a new one starts. Where fewer than k samples are left
-in the current pass, the epoch takes those and fills up with the first samples of a new
-permutation of the others (our reading of the boundary, which the paper does not spell out): an
-epoch never holds a sample twice, and use counts never differ by more than one.
-Every candidate batch of the epoch is trained on whole.
+Every epoch trains on a random subset of the training set of size k = round(N * r), the code's
+`round(n_train * fraction)`, r = 1 - filter_ratio taken as the decimal it stands for (the paper's
+selection ratio; its headline runs use r = 10%: 6,000 of 60,000). Subsets are consecutive chunks
+of one random permutation, so no sample is seen twice before every sample was seen once; when the
+permutation is exhausted a new one starts. Where fewer than k samples are left in the current
+pass, the epoch takes those and fills up with the first samples of a new permutation of the others:
+an epoch never holds a sample twice, and use counts never differ by more than one. The authors'
+code instead takes the rest of the pass plus the first samples of the same permutation, k - 1 in
+all (its `end = (end + k) % (N + 1)`), then starts a new permutation (docs/selectors.md). Every
+candidate batch of the epoch is trained on whole.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ class RS2(Selector):
 
     def epoch_positions(self, ctx: RunContext) -> Tensor:
         n = len(ctx.data.train)
-        k = self.keep_count(n)
+        k = max(1, round(n * self.kept_ratio()))  # the code's round(n_train * fraction)
         if self.order is None or len(self.order) != n:
             self.order, self.cursor = torch.randperm(n, generator=self.generator), 0
         chunk = self.order[self.cursor : self.cursor + k]
