@@ -438,9 +438,10 @@ def test_hard_accuracy_topk_fills_up_to_k_with_random_correct_samples():
 
 
 def test_saln_keeps_one_sample_where_int_n_times_one_minus_f_is_zero():
-    """Our reading of SALN's int(n * (1 - f)) = 0 (n = 4, f = 0.8): keep one sample, never an
-    empty batch; the papers' code would select nothing and take no step."""
+    """Our reading of SALN's int(n * (1 - f)) = 0 (n = 4, f = 0.8): keep one sample. Algorithm 1
+    as printed takes argsort(...)[-0:], the whole batch: the strictest filter would keep all."""
     batch = make_batch(n=4)
+    assert sorted(saln_algorithm1(batch.x, filter_ratio=0.8).tolist()) == [0, 1, 2, 3]
     selector, sel = select("saln", batch, filter_ratio=0.8, features="pixels")
     assert int(4 * (1 - 0.8)) == 0 and selector.keep_count(4) == 1 and len(sel.positions) == 1
 

@@ -295,9 +295,10 @@ class Selector:
         """`int(n * (1 - f))`, at least 1: SALN's and JEST's code, float arithmetic included
         (so 100 * (1 - 0.8) = 19.999... keeps 19, exactly as the papers' selections did).
 
-        Where `int(n * (1 - f))` is 0 (n = 4, f = 0.8) the papers' code would select an empty
-        batch and take no step; we keep 1 sample instead, so a fixed-ratio selector always
-        trains (a documented choice, tested in test_selectors.py)."""
+        Where `int(n * (1 - f))` is 0 (n = 4, f = 0.8) SALN's Algorithm 1 takes
+        `argsort(...)[-0:]`, which is the whole batch: the filter would switch off where it is
+        set strictest. We keep 1 sample instead, the most informative, so the kept count never
+        grows as f rises (a documented choice, tested in test_selectors.py)."""
         return max(1, int(n * (1.0 - self.filter_ratio)))
 
     def kept_ratio(self) -> float:
