@@ -28,6 +28,7 @@ from bench import (
     saln_vs_paper,
     selective_backward,
     selector_cost,
+    startup,
     streaming,
 )
 from bench.machine import load_average, machine_info
@@ -59,6 +60,7 @@ SECTIONS = (
     Section("epochs", epochs),
     Section("streaming", streaming),
     Section("precision", precision),
+    Section("startup", startup),
 )
 SECTION_NAMES = tuple(s.name for s in SECTIONS)
 

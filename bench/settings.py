@@ -105,6 +105,8 @@ class Settings:
     precision_model: str = "resnet18"
     precision_batch: int = 128
     precision_rounds: int = 5
+    # 9. start-up time of saln-train
+    startup_rounds: int = 3
     epoch_cases: tuple[tuple[str, tuple[str, ...], int, bool], ...] = (
         ("FCNet100, none", (*FCNET_4_5, "model.hidden=100", "selector=none"), 4, True),
         ("FCNet100, batchwise", (*FCNET_4_5, "model.hidden=100", "selector=accuracy"), 4, True),
@@ -187,4 +189,5 @@ def quick_settings() -> Settings:
         precision_model="lenet",
         precision_batch=16,
         precision_rounds=1,
+        startup_rounds=1,
     )

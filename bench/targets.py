@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from bench import startup
 from bench.settings import RECIPE_EPOCHS
 
 BUDGET_SECONDS = 600.0  # `make bench` must finish in 10 minutes on a 2-core CPU
@@ -93,6 +94,7 @@ def evaluate_targets(results: dict[str, Any], quick: bool) -> list[dict[str, Any
     saln_targets(targets, results.get("saln_vs_algorithm1") or [])
     runner_targets(targets, results.get("runner_vs_plain") or [])
     recipe_targets(targets, results.get("epoch_times") or [])
+    startup.add_targets(targets, results.get(startup.KEY) or [])
     total = results.get("total_seconds")
     targets.add(
         "saln-bench (default settings) completes",

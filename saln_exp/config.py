@@ -1,33 +1,58 @@
 """Validation at start: a wrong value fails before any data is read, with one line that names
-the key, the value, and what is allowed. Hydra reports unknown group choices itself."""
+the key, the value, and what is allowed (and the closest valid name for a misspelt one).
+
+Light to import: `saln-train` checks a command line with it before torch is imported
+(saln_exp.cli), so the registries that need torch (datasets, models, selectors, pruning) are
+imported by the checks that use them, after every check that needs none."""
 
 from __future__ import annotations
 
 import difflib
 import functools
 import re
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any
 
-import torch
 import yaml
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, OmegaConf
 
 from saln_exp import PROJECT_ROOT
-from saln_exp.data import LOADERS
-from saln_exp.data.noise import NOISE_KINDS
 from saln_exp.errors import ConfigError
-from saln_exp.metrics import QUANTILES, RATIO_KEYS
-from saln_exp.prune import validate_prune
+
+if TYPE_CHECKING:
+    import torch
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 SEED_LIMIT = 2**32
-METRIC_RE = re.compile(
-    r"^(train|val|test)/(acc|loss_(mean|best|worst|" + "|".join(QUANTILES) + r"))$"
-    r"|^ratio/(" + "|".join(RATIO_KEYS) + r")$"
-)
+
+
+def did_you_mean(word: str, choices: Iterable[str], prefix: str = "") -> str:
+    """ "; did you mean <prefix>X?" for the choice X closest to a misspelt `word`, or "" when
+    none is close."""
+    close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.6)
+    return f"; did you mean {prefix}{close[0]}?" if close else ""
+
+
+def unknown_key(key: str, siblings: Iterable[str]) -> str:
+    """The one line for a dotted `key` that its parent does not have; `siblings`: the last parts
+    of the parent's keys. Only last parts are compared: a shared `trainer.` makes any two alike."""
+    parent, _, leaf = key.rpartition(".")
+    names = sorted(str(s) for s in siblings)
+    hint = did_you_mean(leaf, names, prefix=f"{parent}." if parent else "")
+    where = f"the keys of {parent}" if parent else "the top-level keys"
+    return f"unknown key {key}{hint} ({where}: {', '.join(names)})"
+
+
+@functools.cache
+def _metric_re() -> re.Pattern:
+    from saln_exp.metrics import QUANTILES, RATIO_KEYS
+
+    return re.compile(
+        r"^(train|val|test)/(acc|loss_(mean|best|worst|" + "|".join(QUANTILES) + r"))$"
+        r"|^ratio/(" + "|".join(RATIO_KEYS) + r")$"
+    )
 
 
 def _get(cfg: DictConfig, key: str) -> Any:
@@ -57,6 +82,8 @@ def _number(cfg: DictConfig, key: str, kind: type, low: float | None = None, hig
 
 def resolve_device(requested: str) -> torch.device:
     """`auto` picks CUDA when present; asking for a device that is not there is an error."""
+    import torch
+
     requested = str(requested)
     if requested == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -123,34 +150,29 @@ def check_known_keys(cfg: DictConfig) -> None:
             parent = key.rsplit(".", 1)[0]
             if parent != group and parent not in declared:
                 continue  # inside a node that is already reported
-            siblings = [k for k in declared if "." in k and k.rsplit(".", 1)[0] == parent]
-            close = difflib.get_close_matches(key, siblings, n=1, cutoff=0.6)
-            hint = f"; did you mean {close[0]}?" if close else ""
-            raise ConfigError(f"unknown key {key}{hint} (the keys of {parent}: "
-                              f"{', '.join(sorted(k.rsplit('.', 1)[1] for k in siblings))})")  # fmt: skip
+            siblings = [k.rsplit(".", 1)[1] for k in declared if k.rpartition(".")[0] == parent]
+            raise ConfigError(unknown_key(key, siblings))
 
 
 def validate(cfg: DictConfig) -> None:
-    """Check every value the run depends on; raise ConfigError on the first wrong one."""
+    """Check every value the run depends on; raise ConfigError on the first wrong one. The checks
+    against the registries import torch, so they come last: a wrong number fails fast."""
     check_known_keys(cfg)
+    check_values(cfg)
+    check_names(cfg)
+
+
+def check_values(cfg: DictConfig) -> None:
+    """Numbers and fixed choices: no registry, no torch."""
     seed = _get(cfg, "seed")
     if seed is not None and (
         isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < SEED_LIMIT
     ):  # numpy's global seed is 32-bit and unsigned
         raise ConfigError(f"seed must be an integer in [0, 2**32) or null, got {seed!r}")
-    resolve_device(_get(cfg, "device"))
-    if cfg.dataset.name not in LOADERS:
-        raise ConfigError(
-            f"dataset.name must be one of {sorted(LOADERS)}, got {cfg.dataset.name!r}"
-        )
     _number(cfg, "trainer.epochs", int, low=1)
     _number(cfg, "dataset.batch_size", int, low=1)
     _number(cfg, "dataset.val_fraction", float, low=0.0, high=1.0)
     _number(cfg, "dataset.label_noise.rate", float, low=0.0, high=1.0)
-    if cfg.dataset.label_noise.kind not in NOISE_KINDS:
-        raise ConfigError(
-            f"dataset.label_noise.kind must be one of {NOISE_KINDS}, got {cfg.dataset.label_noise.kind!r}"
-        )
     _number(cfg, "selector.filter_ratio", float, low=0.0, high=1.0)
     _number(cfg, "selector.candidate_batch_size", int, low=1, allow_none=True)
     _number(cfg, "selector.min_keep", int, low=1)
@@ -165,12 +187,35 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(
             f"trainer.precision must be one of {PRECISIONS}, got {cfg.trainer.precision!r}"
         )
-    if not METRIC_RE.match(str(cfg.metric)):
-        raise ConfigError(
-            f"metric must look like test/acc, val/loss_q90 or ratio/acc, got {cfg.metric!r}"
-        )
-    if cfg.metric.startswith("val/") and _get(cfg, "dataset.val_fraction") == 0:
+    if str(cfg.metric).startswith("val/") and _get(cfg, "dataset.val_fraction") == 0:
         raise ConfigError(
             f"metric={cfg.metric} needs a validation split; set dataset.val_fraction > 0"
+        )
+
+
+def check_names(cfg: DictConfig) -> None:
+    """The device, and every name a registry must know: dataset, model, selector (and its
+    options: its constructor checks them), label noise, metric, pruning."""
+    from saln_exp.data import LOADERS
+    from saln_exp.data.noise import NOISE_KINDS
+    from saln_exp.models import model_class
+    from saln_exp.prune import validate_prune
+    from saln_exp.selectors import build_selector
+
+    resolve_device(_get(cfg, "device"))
+    if cfg.dataset.name not in LOADERS:
+        raise ConfigError(
+            f"dataset.name must be one of {sorted(LOADERS)}, got {cfg.dataset.name!r}"
+            + did_you_mean(cfg.dataset.name, LOADERS)
+        )
+    model_class(cfg.model.name)
+    build_selector(cfg.selector, seed=0)
+    if cfg.dataset.label_noise.kind not in NOISE_KINDS:
+        raise ConfigError(
+            f"dataset.label_noise.kind must be one of {NOISE_KINDS}, got {cfg.dataset.label_noise.kind!r}"
+        )
+    if not _metric_re().match(str(cfg.metric)):
+        raise ConfigError(
+            f"metric must look like test/acc, val/loss_q90 or ratio/acc, got {cfg.metric!r}"
         )
     validate_prune(cfg)

@@ -1,4 +1,4 @@
-"""The one entry point: `saln-train` / `python -m saln_exp.train`, a Hydra app over conf/.
+"""What `saln-train` runs (saln_exp.cli checks the command line, then its Hydra app calls `run`):
 
 validate -> seed -> build data, model, selector -> fit -> write summary -> return the metric.
 A user error (bad value, missing data) prints one line and exits 2. In a multirun a failing job
@@ -18,14 +18,14 @@ import sys
 import traceback
 from pathlib import Path
 
-import hydra
 import numpy as np
 import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
-from saln_exp import PROJECT_ROOT, distributed, rng
+from saln_exp import distributed, rng
 from saln_exp.checkpoint import Checkpoints, check_same_run, differences
+from saln_exp.cli import main  # `python -m saln_exp.train` (torchrun) is the same command
 from saln_exp.config import resolve_device, validate
 from saln_exp.console import print_run_summary
 from saln_exp.data import build_data, shape_of
@@ -354,11 +354,6 @@ def run_one(cfg: DictConfig) -> float:
         raise
     print_run_summary(summary, run_dir)
     return float(summary["metric_value"])
-
-
-@hydra.main(version_base="1.3", config_path=str(PROJECT_ROOT / "conf"), config_name="config")
-def main(cfg: DictConfig) -> float:
-    return run(cfg)
 
 
 if __name__ == "__main__":

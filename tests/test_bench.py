@@ -202,6 +202,14 @@ def check_results(out, sections):
         assert rows["fp32 + channels_last"]["first_loss_rel_diff"] < 1e-4
         assert rows["bf16"]["first_loss_rel_diff"] < 0.05
         assert "## 8. bf16 autocast" in markdown
+    if "startup" in sections:
+        rows = {r["case"]: r for r in results["startup"]}
+        for case in ("misspelt key", "wrong choice", "wrong value"):
+            assert rows[case]["exit"] == 2 and rows[case]["stderr_lines"] == 1, rows[case]
+            assert not rows[case]["directory_created"]
+        assert rows["--help"]["exit"] == 0 and all(r["seconds"]["n"] for r in rows.values())
+        assert any(t["target"].startswith("saln-train trainer.epoch=3") for t in results["targets"])
+        assert "## 9. Start-up time" in markdown
 
 
 def test_quick_benchmark_writes_both_files(tmp_path, capsys):
@@ -217,6 +225,12 @@ def test_quick_benchmark_runs_every_section(tmp_path):
     sections = tuple(s for s in SECTION_NAMES if s != "epochs" or mnist_data_dir() is not None)
     main(["--quick", "--out", str(tmp_path), "--only", ",".join(sections)])
     check_results(tmp_path, sections)
+
+
+@pytest.mark.slow
+def test_quick_benchmark_times_the_start_up(tmp_path):
+    assert main(["--quick", "--out", str(tmp_path), "--only", "startup"]) == 0
+    check_results(tmp_path, ("startup",))
 
 
 def test_unknown_section_is_refused(tmp_path):

@@ -22,9 +22,15 @@ MODELS: dict[str, type[nn.Module]] = {
 }
 
 
+def model_class(name: str) -> type[nn.Module]:
+    if name not in MODELS:
+        raise ConfigError(f"model.name must be one of {sorted(MODELS)}, got {name!r}")
+    return MODELS[name]
+
+
 def check_input(name: str, in_shape: tuple[int, int, int]) -> None:
     _channels, height, width = in_shape
-    cls = MODELS[name]
+    cls = model_class(name)
     if min(height, width) < cls.min_size:
         raise ConfigError(
             f"model={name} needs inputs of at least {cls.min_size}x{cls.min_size}, the dataset gives "
@@ -37,4 +43,4 @@ def build_model(cfg: DictConfig, in_shape: tuple[int, int, int], num_classes: in
     check_input(cfg.name, in_shape)
     channels, size, _ = in_shape
     extra = {k: v for k, v in cfg.items() if k != "name"}
-    return MODELS[cfg.name](channels, num_classes, size, **extra)
+    return model_class(cfg.name)(channels, num_classes, size, **extra)
