@@ -26,10 +26,12 @@ belong to another run.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import math
 import os
+import shutil
 import socket
 import time
 from collections.abc import Callable, Iterator
@@ -61,6 +63,8 @@ SWEEP = "sweep.json"  # at the root of a sweep directory, not in a run directory
 # any of these says "a run lives here" (what `resume=` and the report look for)
 RUN_MARKERS = (CHECKPOINT, PREVIOUS_CHECKPOINT, STATUS, SUMMARY)
 TMP_SUFFIX = ".tmp"
+# less free space than this after a failed write: the disk was full
+FULL_DISK_BYTES = 1 << 20
 
 
 class RunDirWriteError(UserError):
@@ -87,15 +91,33 @@ def _tmp_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.{os.getpid()}{TMP_SUFFIX}")
 
 
-def _reason(err: OSError) -> str:
-    return err.strerror or type(err).__name__
+def _reason(err: BaseException) -> str:
+    if isinstance(err, OSError):
+        return err.strerror or type(err).__name__
+    first_line = (str(err).strip().splitlines() or [""])[0][:160]
+    return f"{type(err).__name__}: {first_line}" if first_line else type(err).__name__
+
+
+def _write_failure(path: Path, err: BaseException) -> str:
+    """Why writing `path` failed, in words. A full disk does not always say so: `torch.save`
+    reports it as a RuntimeError ("unexpected pos"), so the free space is looked at too."""
+    reason = _reason(err)
+    if isinstance(err, OSError) and err.errno == errno.ENOSPC:
+        return reason
+    try:
+        full = shutil.disk_usage(path.parent).free < FULL_DISK_BYTES
+    except OSError:
+        full = False
+    return f"No space left on device ({reason})" if full else reason
 
 
 def atomic_write(
     path: Path, write: Callable[[Path], None], keep_previous: Path | None = None
 ) -> None:
     """`write(tmp)` then rename tmp over `path` (first moving `path` to `keep_previous`, if given).
-    On failure the temporary file is removed and the old `path` is untouched."""
+    On any failure (an OSError, or a writer's own error such as torch.save's RuntimeError on a
+    full disk) the temporary file is removed, the old `path` is untouched, and the error is one
+    line naming `path`."""
     path = Path(path)
     tmp = _tmp_name(path)
     try:
@@ -103,10 +125,14 @@ def atomic_write(
         if keep_previous is not None and path.exists():
             os.replace(path, keep_previous)
         os.replace(tmp, path)
-    except OSError as err:
+    except BaseException as err:
+        # the disk is still as full as the failed write found it: look before freeing the space
+        failure = _write_failure(path, err)
         with contextlib.suppress(OSError):
             tmp.unlink(missing_ok=True)
-        raise RunDirWriteError(f"cannot write {path}: {_reason(err)}") from None
+        if not isinstance(err, Exception):  # Ctrl-C, SystemExit: not a write failure
+            raise
+        raise RunDirWriteError(f"cannot write {path}: {failure}") from None
 
 
 def write_json(path: Path, payload: dict) -> None:

@@ -134,7 +134,10 @@ def point_latest_at(sweep_dir: Path) -> None:
             f"hydra.sweep.dir={sweep_dir} does not exist; `{LATEST}` names the newest sweep, "
             "so run one first (or give the sweep's own directory)"
         )
-    sweep_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:  # under a file, read-only: one line, not Hydra's traceback
+        raise UserError(f"cannot create the sweep directory {sweep_dir}: {err.strerror}") from None
     latest = sweep_dir.parent / LATEST
     if latest.exists() and not latest.is_symlink():
         return

@@ -5,6 +5,7 @@ removed directory), signals that stop a run resumably, damaged inputs named as d
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -124,7 +125,7 @@ def test_temporaries_of_killed_writers_are_removed_and_never_shared(make_cfg, tm
 # ------------------------------------------------------------------ writes that fail
 
 
-def _failing_checkpoint_save(monkeypatch, fail_on_call: int, err: OSError) -> None:
+def _failing_checkpoint_save(monkeypatch, fail_on_call: int, err: Exception) -> None:
     real, calls = torch.save, []
 
     def save(obj, f, *args, **kwargs):
@@ -143,8 +144,10 @@ def _failing_checkpoint_save(monkeypatch, fail_on_call: int, err: OSError) -> No
     [
         OSError(errno.ENOSPC, "No space left on device"),
         OSError(errno.EROFS, "Read-only file system"),
+        # what torch.save raises when the disk fills up under it: not an OSError
+        RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 576 vs 534"),
     ],
-    ids=["disk-full", "read-only"],
+    ids=["disk-full", "read-only", "torch-save-disk-full"],
 )
 def test_a_checkpoint_that_cannot_be_written_is_one_line_and_loses_nothing(
     make_cfg, tmp_path, capsys, monkeypatch, err
@@ -157,13 +160,44 @@ def test_a_checkpoint_that_cannot_be_written_is_one_line_and_loses_nothing(
     _failing_checkpoint_save(monkeypatch, fail_on_call=2, err=err)
     line = refused(capsys, run, make_cfg(*overrides))
     run_dir = tmp_path / "run"
-    assert str(run_dir / rundir.CHECKPOINT) in line and err.strerror in line
+    reason = err.strerror if isinstance(err, OSError) else "unexpected pos 576 vs 534"
+    assert str(run_dir / rundir.CHECKPOINT) in line and reason in line
     assert not list(run_dir.glob(".*.tmp"))
     assert Checkpoints(run_dir).load()["progress"]["epoch"] == 1  # the previous one is intact
     assert rundir.read_json(run_dir / rundir.STATUS)["status"] == "failed"
     monkeypatch.undo()
     run(make_cfg(*overrides))  # space again: the same command resumes
     assert metrics(run_dir) == metrics(tmp_path / "straight")
+
+
+@pytest.fixture
+def tiny_filesystem(tmp_path):
+    """A 1 MiB tmpfs: a disk that really fills up (needs the right to mount, else skipped)."""
+    mount = tmp_path / "tiny"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)],
+                          capture_output=True)  # fmt: skip
+    if done.returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    yield mount
+    subprocess.run(["umount", "--lazy", str(mount)], check=True)  # torch may still hold a file
+
+
+def test_a_checkpoint_on_a_full_disk_is_one_line_and_the_previous_one_survives(tiny_filesystem):
+    checkpoints = Checkpoints(tiny_filesystem)
+    checkpoints.save({"progress": {"epoch": 1}, "weights": torch.zeros(1000)})
+    filler = tiny_filesystem / "filler"
+    with filler.open("wb") as fh, contextlib.suppress(OSError):  # fill the disk...
+        fh.write(b"\0" * (1 << 20))
+    # ...and free its last 16 KiB: room for a small file, not for the next checkpoint
+    filler.write_bytes(filler.read_bytes()[: -(16 << 10)])
+    with pytest.raises(rundir.RunDirWriteError) as err:
+        checkpoints.save({"progress": {"epoch": 2}, "weights": torch.zeros(100_000)})
+    line = str(err.value)
+    assert line.startswith(f"cannot write {tiny_filesystem / rundir.CHECKPOINT}: No space left")
+    assert "\n" not in line
+    assert not list(tiny_filesystem.glob(".*.tmp"))
+    assert checkpoints.load()["progress"]["epoch"] == 1
 
 
 def test_a_run_directory_removed_under_a_running_job_is_one_line(
@@ -186,6 +220,26 @@ def test_a_run_directory_that_cannot_be_created_is_one_line(make_cfg, tmp_path, 
     cfg.paths.output_dir = str(tmp_path / "afile" / "run")
     line = refused(capsys, run, cfg)
     assert "cannot create the run directory" in line and "afile" in line
+
+
+def test_a_hydra_run_or_sweep_dir_that_cannot_be_created_is_one_line_exit_2(tmp_path):
+    """Hydra creates these directories before saln-exp's code runs: a path under a file (what a
+    read-only filesystem does to root, who ignores permissions) is one line, not its traceback."""
+    (tmp_path / "afile").write_text("not a directory")
+    for option, what in (("hydra.run.dir", "run"), ("hydra.sweep.dir", "sweep")):
+        target = tmp_path / "afile" / what
+        proc = run_cli(*(["-m", "seed=0,1"] if what == "sweep" else []), "logger=none",
+                       "smoke=true", f"{option}={target}")  # fmt: skip
+        assert proc.returncode == 2, proc.stderr[-3000:]
+        assert proc.stderr.strip() == (
+            f"error: cannot create the {what} directory {target}: Not a directory"
+        ), proc.stderr[-3000:]
+    # the directory made before Hydra's is the one the run uses: one directory per run
+    proc = run_cli("logger=none", "smoke=true", "trainer.progress=false",
+                   f"paths.log_dir={tmp_path / 'logs'}")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (run_dir,) = (tmp_path / "logs" / "runs").glob("*/*")
+    assert (run_dir / rundir.SUMMARY).exists()
 
 
 def test_a_cache_that_cannot_be_written_is_a_warning_not_a_lost_run(make_cfg, tmp_path, caplog):
