@@ -561,6 +561,38 @@ def test_imagefolder_layout_errors_are_one_line_naming_the_folder(make_cfg):
     assert build_data(absolute.dataset, absolute.paths).num_classes == 2
 
 
+@pytest.mark.parametrize("storage", ["memory", "stream"])
+def test_imagefolder_reads_a_symlink_loop_once_and_names_it(make_cfg, caplog, storage):
+    cfg = make_folder_cfg(make_cfg, f"dataset.storage={storage}")
+    root = Path(cfg.paths.data_dir) / "imagefolder"
+    write_folder(root / "train", {"cat": 4, "dog": 4}, size=(16, 16))
+    write_folder(root / "test", {"cat": 1, "dog": 1}, size=(16, 16))
+    loop = root / "train" / "cat" / "loop"
+    loop.symlink_to(".", target_is_directory=True)  # cat/loop/loop/... would never end
+    elsewhere = write_folder(root.parent / "more_dogs", {"dog": 2}, size=(16, 16), seed=3)
+    (root / "train" / "dog" / "more").symlink_to(root.parent / "more_dogs" / "dog")
+    data = build_data(cfg.dataset, cfg.paths)
+    assert torch.bincount(data.train.targets).tolist() == [4, 6]  # each file once; links followed
+    assert f"{loop} leads to a folder read already" in caplog.text
+    if storage == "memory":
+        linked = torch.from_numpy(elsewhere["dog"][0]).permute(2, 0, 1)
+        assert torch.equal(data.train.images[8], linked)  # dog/more/0.png sorts after dog/3.png
+
+
+@pytest.mark.parametrize("storage", ["memory", "stream"])
+def test_imagefolder_reads_a_file_name_that_is_not_utf8(make_cfg, storage):
+    cfg = make_folder_cfg(make_cfg, f"dataset.storage={storage}")
+    root = Path(cfg.paths.data_dir) / "imagefolder"
+    write_folder(root / "train", {"a": 2, "b": 2}, size=(16, 16))
+    write_folder(root / "test", {"a": 1, "b": 1}, size=(16, 16))
+    latin1 = os.path.join(os.fsencode(root / "train" / "a"), b"caf\xe9.png")  # not UTF-8
+    os.rename(os.fsencode(root / "train" / "a" / "1.png"), latin1)
+    data = build_data(cfg.dataset, cfg.paths)
+    assert torch.bincount(data.train.targets).tolist() == [2, 2]
+    again = build_data(cfg.dataset, cfg.paths)  # from the cache, keyed by the bytes of the name
+    assert torch.equal(again.train.targets, data.train.targets)
+
+
 def test_imagefolder_over_the_memory_threshold_is_refused_before_decoding(make_cfg, count_opens):
     cfg = make_folder_cfg(
         make_cfg,

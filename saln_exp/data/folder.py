@@ -16,17 +16,17 @@ them decodes its batches in DataLoader workers, ahead of the device.
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
-
-import logging
 
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
 from torchvision.datasets import ImageFolder
-from torchvision.datasets.folder import IMG_EXTENSIONS
+from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
 from tqdm import tqdm
 
 from saln_exp.cache import StaleEntry, fingerprint, load_or_compute
@@ -64,7 +64,7 @@ def open_split(split_dir: Path, name: str, classes: list[str] | None = None,
             + (f"; not in {like}: {', '.join(extra)}" if extra else "")
             + (f"; missing: {', '.join(missing)}" if missing else "")
         )
-    ds = ImageFolder(str(split_dir), allow_empty=True)
+    ds = OnceImageFolder(str(split_dir), allow_empty=True)
     counts = torch.bincount(torch.tensor(ds.targets, dtype=torch.long), minlength=len(ds.classes))
     empty = [ds.classes[i] for i in torch.nonzero(counts == 0).flatten().tolist()]
     if empty:
@@ -75,6 +75,49 @@ def open_split(split_dir: Path, name: str, classes: list[str] | None = None,
             + "; add images or remove the folder"
         )  # fmt: skip
     return ds
+
+
+class OnceImageFolder(ImageFolder):
+    """torchvision's ImageFolder, with each file listed once: links to folders are followed (as
+    torchvision does), but a folder reached a second time is not read again. torchvision walks a
+    link loop such as `cat/loop -> .` until the path grows too long, reading every image of the
+    folder once per level (16 images became 336 samples)."""
+
+    @staticmethod
+    def make_dataset(
+        directory: str | Path,
+        class_to_idx: dict[str, int],
+        extensions: tuple[str, ...] | None = None,
+        is_valid_file: Callable[[str], bool] | None = None,
+        allow_empty: bool = False,  # open_split names an empty class folder itself
+    ) -> list[tuple[str, int]]:
+        """torchvision's `make_dataset` order: classes sorted, then folders by path, then files
+        by name."""
+        valid = is_valid_file or (lambda path: has_file_allowed_extension(path, extensions))
+        samples = []
+        for name in sorted(class_to_idx):
+            class_dir = os.path.join(directory, name)
+            for folder, files in sorted(_walk_once(class_dir)):
+                paths = (os.path.join(folder, file) for file in sorted(files))
+                samples += [(path, class_to_idx[name]) for path in paths if valid(path)]
+        return samples
+
+
+def _walk_once(top: str) -> Iterator[tuple[str, list[str]]]:
+    """(folder, its file names) for `top` and every folder below it, links followed, each real
+    folder once; a link to a folder already read is skipped with a warning naming it."""
+    seen = {os.path.realpath(top)}
+    for folder, subfolders, files in os.walk(top, followlinks=True):
+        subfolders.sort()  # which of two paths to one folder is read does not depend on the disk
+        for sub in list(subfolders):
+            path = os.path.join(folder, sub)
+            real = os.path.realpath(path)
+            if real in seen:
+                subfolders.remove(sub)
+                log.warning("%s leads to a folder read already (%s): its images are counted once",
+                            path, real)  # fmt: skip
+            seen.add(real)
+        yield folder, files
 
 
 def decoded_bytes(n_images: int, channels: int, size: int) -> int:
@@ -177,12 +220,15 @@ def _cache_path(ds: ImageFolder, name: str, split: str, channels: int, size: int
 
 
 def files_digest(ds: ImageFolder) -> str:
-    """Every file's path, label, size and mtime: a replaced or edited image changes it."""
-    files = hashlib.sha1(f"{os.path.abspath(ds.root)}\n".encode())
+    """Every file's path, label, size and mtime: a replaced or edited image changes it. Paths
+    go in as the file system's bytes (os.fsencode), so a name that is not valid UTF-8 is read too;
+    a UTF-8 name gives the same bytes as before."""
+    files = hashlib.sha1(os.fsencode(os.path.abspath(ds.root)) + b"\n")
     for path, label in ds.samples:
         stat = os.stat(path)
         files.update(
-            f"{os.path.relpath(path, ds.root)}\t{label}\t{stat.st_size}\t{stat.st_mtime_ns}\n".encode()
+            os.fsencode(os.path.relpath(path, ds.root))
+            + f"\t{label}\t{stat.st_size}\t{stat.st_mtime_ns}\n".encode()
         )
     return files.hexdigest()
 
