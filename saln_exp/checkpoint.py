@@ -26,7 +26,18 @@ RESUMABLE_CHANGES = (
     "trainer.log_every_steps", "trainer.checkpoint", "trainer.checkpoint_every_steps", "eval.batch_size",
     "dataset.storage", "dataset.workers",  # where the pixels come from, not which
     "selector_choice", "paper_rows",  # labels for the report, not settings (older runs lack them)
+    "trainer.dist_timeout_s",  # how long ranks wait for each other, not what they compute
 )  # fmt: skip
+# keys added to conf/ since checkpoints took their present form (read with weights_only), each
+# with the value that does what runs did before the key existed. A checkpoint whose config lacks
+# such a key resumes when the key has that value now; with another value the run comes from an
+# older version and is refused in one line. A key added to conf/ goes here too.
+OLDER_RUNS_BEHAVED_AS: dict[str, Any] = {
+    "selector.scope": "global",  # one process: every sample of the batch competes
+    "trainer.threads": None,  # torch's threads as the process found them
+    "dataset.normalize": True,  # MNIST was standardised
+    "debug_name": None,  # not a debug run
+}
 
 
 class Checkpoints:
@@ -72,29 +83,67 @@ class Checkpoints:
         return None if state is None else state.get("config")
 
 
-def differences(saved: dict[str, Any], current: dict[str, Any], prefix: str = "") -> list[str]:
-    """Dotted keys whose values differ, ignoring the ones a resumed run may change."""
-    out = []
+_ABSENT = object()
+
+
+def differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """Dotted keys that keep `current` from continuing the run of `saved`."""
+    changed, lacking = compare(saved, current)
+    return changed + lacking
+
+
+def compare(
+    saved: dict[str, Any], current: dict[str, Any], prefix: str = ""
+) -> tuple[list[str], list[str]]:
+    """(dotted keys whose values differ, keys the saved config lacks and whose value now is not
+    what older runs did), ignoring the keys a resumed run may change."""
+    changed, lacking = [], []
     for key in sorted(set(saved) | set(current)):
         dotted = f"{prefix}{key}"
         if any(dotted == k or dotted.startswith(k + ".") for k in RESUMABLE_CHANGES):
             continue
-        a, b = saved.get(key), current.get(key)
-        if isinstance(a, dict) and isinstance(b, dict):
-            out += differences(a, b, dotted + ".")
+        a, b = saved.get(key, _ABSENT), current.get(key)
+        if a is _ABSENT:
+            if OLDER_RUNS_BEHAVED_AS.get(dotted, _ABSENT) != b:
+                lacking.append(dotted)
+        elif isinstance(a, dict) and isinstance(b, dict):
+            more_changed, more_lacking = compare(a, b, dotted + ".")
+            changed, lacking = changed + more_changed, lacking + more_lacking
         elif a != b:
-            out.append(dotted)
-    return out
+            changed.append(dotted)
+    return changed, lacking
+
+
+def _as_override(value: Any) -> str:
+    """How the command line writes a value: null, true, 300, global."""
+    if value is None or isinstance(value, bool):
+        return "null" if value is None else str(value).lower()
+    return str(value)
+
+
+def _listed(keys: list[str]) -> str:
+    return ", ".join(keys[:5]) + (" ..." if len(keys) > 5 else "")
 
 
 def check_same_run(saved: dict[str, Any], current: dict[str, Any], run_dir: Path) -> None:
-    changed = differences(saved, current)
+    changed, lacking = compare(saved, current)
     if changed:
-        shown = ", ".join(changed[:5]) + (" ..." if len(changed) > 5 else "")
         command = recorded_command(run_dir)
         how = (f"to resume it, run: {command}" if command
                else "continue it with the settings it was started with")  # fmt: skip
         raise ConfigError(
-            f"{run_dir} holds a checkpoint of another configuration (differs in {shown}); "
-            f"{how}; or choose a new hydra.run.dir"
+            f"{run_dir} holds a checkpoint of another configuration (differs in "
+            f"{_listed(changed + lacking)}); {how}; or choose a new hydra.run.dir"
+        )
+    if lacking:
+        known = [k for k in lacking if k in OLDER_RUNS_BEHAVED_AS]
+        how = (
+            "resume it with "
+            + " ".join(f"{k}={_as_override(OLDER_RUNS_BEHAVED_AS[k])}" for k in known)
+            if known == lacking
+            else "finish it with the version that wrote it"
+        )
+        raise ConfigError(
+            f"{run_dir} holds a run of an older version of saln-exp, whose config has no "
+            f"{_listed(lacking)}; {how}, or choose a new hydra.run.dir"
         )

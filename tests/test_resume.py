@@ -13,6 +13,8 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
+import yaml
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
 from conftest import BIN, TIME_KEYS, in_a_shell, printed_command
@@ -154,6 +156,54 @@ def test_a_completed_run_rerun_with_the_same_settings_is_skipped(
     }
     assert after == before
     assert started == []
+
+
+def written_by_an_older_version(run_dir: Path, *added_since: str) -> None:
+    """Make a run directory look as an older saln-exp left it: its configs (the checkpoints'
+    and config.yaml) without keys added to conf/ since."""
+
+    def drop(config: dict) -> dict:
+        for dotted in added_since:
+            *parents, key = dotted.split(".")
+            node = config
+            for parent in parents:
+                node = node[parent]
+            del node[key]
+        return config
+
+    for name in ("checkpoint.pt", "checkpoint.prev.pt"):
+        if (run_dir / name).exists():
+            state = torch.load(run_dir / name, weights_only=True)
+            torch.save({**state, "config": drop(state["config"])}, run_dir / name)
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(drop(config)))
+
+
+def test_a_run_of_an_older_version_resumes_when_the_new_keys_keep_its_behaviour(
+    make_cfg, tmp_path, capsys
+):
+    added = ("selector.scope", "trainer.dist_timeout_s", "debug_name")
+    run(make_cfg(*SMALL, "trainer.epochs=1"))
+    written_by_an_older_version(tmp_path / "run", *added)
+    run(make_cfg(*SMALL, "trainer.epochs=2"))  # was refused: "differs in selector.scope, ..."
+    assert metrics(tmp_path / "run") == straight_run(
+        make_cfg, tmp_path, (*SMALL, "trainer.epochs=2")
+    )
+
+    older = make_cfg(*SMALL, "trainer.epochs=1")
+    older.paths.output_dir = str(tmp_path / "older")
+    run(older)
+    written_by_an_older_version(tmp_path / "older", *added)
+    newer = make_cfg(*SMALL, "trainer.epochs=2", "selector.scope=local")  # not how it ran
+    newer.paths.output_dir = str(tmp_path / "older")
+    with pytest.raises(SystemExit) as exit_info:
+        run(newer)
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip() == (
+        f"error: {tmp_path / 'older'} holds a run of an older version of saln-exp, whose config "
+        "has no selector.scope; resume it with selector.scope=global, or choose a new "
+        "hydra.run.dir"
+    )
 
 
 def test_resume_dir_override_continues_that_run(make_cfg, tmp_path, monkeypatch):
