@@ -275,6 +275,19 @@ class RunFiles:
             with contextlib.suppress(OSError):
                 tmp.unlink()
 
+    def owner_elsewhere(self) -> str | None:
+        """`pid P on H` when another process owns the directory (holds its lock), else None."""
+        lock = FileLock(self.dir / LOCK)
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            owner = self.read_status()
+            return f"pid {owner.get('pid')} on {owner.get('host')}"
+        except OSError:  # no such directory, read-only: nobody can be writing there
+            return None
+        lock.release()
+        return None
+
     @contextlib.contextmanager
     def claimed(self) -> Iterator[None]:
         """Own the directory for the duration: a second process is refused in one line."""

@@ -26,7 +26,7 @@ from omegaconf import DictConfig
 
 from saln_exp.errors import UserError
 from saln_exp.resume import SWEEP_COMMAND_ENV, sweep_command, sweep_lines
-from saln_exp.rundir import STATUS, SUMMARY, SWEEP, read_json, write_json
+from saln_exp.rundir import STATUS, SUMMARY, SWEEP, RunFiles, read_json, write_json
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +94,8 @@ def collect_jobs(sweep_dir: Path) -> list[dict[str, Any]]:
             "overrides": status.get("overrides", []),
             "error": status.get("error"),
         }
+        if entry["status"] == "running":  # another sweep into this directory runs it now
+            entry["running_elsewhere"] = RunFiles(job_dir).owner_elsewhere()
         summary = read_json(job_dir / SUMMARY)
         if summary:
             entry.update(metric=summary.get("metric"), value=summary.get("metric_value"))
@@ -102,13 +104,19 @@ def collect_jobs(sweep_dir: Path) -> list[dict[str, Any]]:
     return jobs
 
 
+def failed_jobs(jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Jobs that did not complete, leaving out those another process is running now."""
+    return [j for j in jobs if j["status"] != "completed" and not j.get("running_elsewhere")]
+
+
 def write_sweep_json(sweep_dir: Path, started: str | None = None) -> list[dict[str, Any]]:
     jobs = collect_jobs(sweep_dir)
-    failed = [j for j in jobs if j["status"] != "completed"]
+    failed = failed_jobs(jobs)
+    elsewhere = any(j.get("running_elsewhere") for j in jobs)
     write_json(
         sweep_dir / SWEEP,
         {
-            "status": "failed" if failed else "completed",
+            "status": "failed" if failed else "running elsewhere" if elsewhere else "completed",
             "started": started,
             "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
             "n_jobs": len(jobs),
@@ -185,28 +193,35 @@ class SweepStatus(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
         jobs = write_sweep_json(sweep_dir, self.started)
-        failed = [j for j in jobs if j["status"] != "completed"]
+        failed = failed_jobs(jobs)
+        elsewhere = [j for j in jobs if j.get("running_elsewhere")]
         for job in jobs:
-            mark = "ok  " if job["status"] == "completed" else "FAIL"
-            detail = (
-                f"{job.get('metric')}={job.get('value'):.4f}"
-                if job.get("value") is not None
-                else (job["error"] or job["status"])
+            mark = (
+                "ok  " if job["status"] == "completed" else "busy" if job in elsewhere else "FAIL"
             )
-            print(
-                f"  {mark} {job['dir']:>4}  {' '.join(job['overrides'])}  {detail}", file=sys.stderr
-            )
+            print(f"  {mark} {job['dir']:>4}  {' '.join(job['overrides'])}  {_outcome(job)}",
+                  file=sys.stderr)  # fmt: skip
+        busy = f", {len(elsewhere)} running in another process" if elsewhere else ""
         print(
-            f"sweep: {len(jobs) - len(failed)}/{len(jobs)} jobs completed; {sweep_dir / 'sweep.json'}",
+            f"sweep: {len(jobs) - len(failed) - len(elsewhere)}/{len(jobs)} jobs completed{busy}; "
+            f"{sweep_dir / 'sweep.json'}",
             file=sys.stderr,
         )
         if failed:
             print(sweep_lines(sweep_dir, self.resume_command), file=sys.stderr)
             print(
                 f"error: {len(failed)} job(s) failed: "
-                + "; ".join(
-                    f"#{j['dir']} ({' '.join(j['overrides'])}): {j['error']}" for j in failed
-                ),
+                + "; ".join(f"#{j['dir']} ({' '.join(j['overrides'])}): {_outcome(j)}" for j in failed),
                 file=sys.stderr,
-            )
+            )  # fmt: skip
             sys.exit(1)
+
+
+def _outcome(job: dict[str, Any]) -> str:
+    if job.get("value") is not None:
+        return f"{job.get('metric')}={job.get('value'):.4f}"
+    if job.get("running_elsewhere"):
+        return f"running in another process ({job['running_elsewhere']}), which records its outcome"
+    if job["status"] == "running":  # nobody holds the directory: its process was killed
+        return "status running, but no process runs it (killed?); rerun the sweep to resume it"
+    return job["error"] or job["status"] or "no status"

@@ -36,7 +36,7 @@ from saln_exp.models import build_model
 from saln_exp.prune import prune_dataset
 from saln_exp.prune import shrink_for_smoke as shrink_pruning_for_smoke
 from saln_exp.resume import how_to_resume, resume_command
-from saln_exp.rundir import CHECKPOINT, METRICS, STATUS, SUMMARY, RunFiles
+from saln_exp.rundir import CHECKPOINT, METRICS, STATUS, SUMMARY, RunDirBusyError, RunFiles
 from saln_exp.selectors import build_selector, selector_class
 from saln_exp.stop import Interrupted, stop_on_signals
 from saln_exp.sweep import CPUS_PER_TASK_ENV, Runtime, hydra_runtime, write_sweep_json
@@ -331,6 +331,11 @@ def run_one(cfg: DictConfig) -> float:
                         cfg.seed = int.from_bytes(os.urandom(4), "little") % (2**31)
                 distributed.broadcast_object((str(run_dir), cfg.seed))
             summary = train(cfg, run_dir)
+    except RunDirBusyError as err:  # a second sweep into this directory: the first runs the job
+        if runtime.multirun:
+            log.warning("job not run here: %s", err)
+            return math.nan
+        return refuse(str(err), multirun=False)
     except UserError as err:
         if started:
             files.try_write_status("failed", error=str(err), overrides=runtime.overrides)

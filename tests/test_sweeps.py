@@ -7,13 +7,17 @@ import json
 import os
 import shlex
 import signal
+import socket
 import sys
 import time
 
 import pytest
+from filelock import FileLock
 from omegaconf import OmegaConf
 
 from conftest import printed_command, run_cli
+from saln_exp import rundir
+from saln_exp.rundir import RunFiles
 from wandb_records import run_info
 
 SMALL = (
@@ -59,6 +63,27 @@ def test_a_failing_job_is_recorded_and_the_others_complete(tmp_path):
 
 
 @pytest.mark.slow
+def test_a_job_another_sweep_is_running_is_named_so_and_not_failed(tmp_path):
+    """Two sweeps into one hydra.sweep.dir: the job the other sweep holds is skipped, and this
+    sweep says so instead of `error: 1 job(s) failed: #1 (...): None`."""
+    sweep_dir, busy = tmp_path / "sweep", tmp_path / "sweep" / "1"
+    busy.mkdir(parents=True)
+    with FileLock(busy / rundir.LOCK).acquire(timeout=0):  # the other sweep's job #1, running
+        RunFiles(busy).write_status("running", overrides=["seed=1"])
+        out = run_cli("-m", "seed=0,1", "logger=none", "selector=uniform", *SMALL,
+                      f"hydra.sweep.dir={sweep_dir}")  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "error:" not in out.stderr and "None" not in out.stderr, out.stderr[-3000:]
+    logged = out.stdout + out.stderr
+    assert "job failed" not in logged and "job not run here: another saln-train" in logged
+    owner = f"pid {os.getpid()} on {socket.gethostname()}"
+    assert f"busy    1  seed=1  running in another process ({owner})" in out.stderr
+    assert "sweep: 1/2 jobs completed, 1 running in another process" in out.stderr
+    sweep = load_sweep(sweep_dir)
+    assert sweep["status"] == "running elsewhere" and sweep["n_failed"] == 0
+    assert rundir.read_json(busy / rundir.STATUS)["status"] == "running"  # not touched
+
+
 def test_sweep_over_selectors_and_seeds_and_latest_link(tmp_path):
     log_dir = tmp_path / "logs"
     out = run_cli(
