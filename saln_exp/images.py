@@ -50,12 +50,48 @@ def load_example(run_dir: str | Path) -> dict | None:
     if not path.exists():
         return None
     try:
-        return load_plain(path)
+        example = load_plain(path)
     except UNREADABLE as err:
         log.warning(
             "%s is unreadable (%s); its selection figure is skipped", path, type(err).__name__
         )
         return None
+    if not _is_example(example):
+        log.warning("%s is not a selection example; its selection figure is skipped", path)
+        return None
+    return example
+
+
+def _is_example(example: object) -> bool:
+    """What run_artifacts.save_selection_example writes: n uint8 images, n kept flags and labels."""
+    import torch
+
+    if not isinstance(example, dict):
+        return False
+    images, kept, labels = (example.get(k) for k in ("images", "kept", "labels"))
+    if not all(isinstance(t, torch.Tensor) for t in (images, kept, labels)):
+        return False
+    n = len(images) if images.dim() == 4 else -1
+    return (
+        images.dtype == torch.uint8
+        and kept.dtype == torch.bool
+        and kept.shape == labels.shape == (n,)
+        and isinstance(example.get("selector"), str)
+        and isinstance(example.get("batch"), int)
+    )
+
+
+def load_final_layer(run_dir: str | Path) -> np.ndarray | None:
+    """The classifier's weights [classes, features] from the run's final_layer.npz; None when the
+    run has none, or (with a warning naming the file) when it holds something else."""
+    path = Path(run_dir) / rundir.FINAL_LAYER
+    if not path.exists():
+        return None
+    arrays = rundir.read_arrays(path, ("weight",))
+    if arrays is not None and (arrays["weight"].ndim != 2 or arrays["weight"].size == 0):
+        log.warning("%s skipped: its weight is not a matrix", path)
+        return None
+    return None if arrays is None else arrays["weight"]
 
 
 def weights_image(weight: np.ndarray) -> np.ndarray:

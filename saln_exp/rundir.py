@@ -62,6 +62,9 @@ SWEEP = "sweep.json"  # at the root of a sweep directory, not in a run directory
 
 # any of these says "a run lives here" (what `resume=` and the report look for)
 RUN_MARKERS = (CHECKPOINT, PREVIOUS_CHECKPOINT, STATUS, SUMMARY)
+# status.json's `written_by`: saln-exp wrote this run directory (another tool's status.json or
+# metrics.jsonl is not a run of ours)
+WRITTEN_BY = "saln-exp"
 TMP_SUFFIX = ".tmp"
 # less free space than this after a failed write: the disk was full
 FULL_DISK_BYTES = 1 << 20
@@ -187,6 +190,66 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return records
 
 
+def read_yaml(path: Path) -> dict[str, Any]:
+    """A YAML file of plain values as a dict; {} (with a warning naming it) when it is missing,
+    damaged, or not plain YAML (a `!!python` tag in a file someone else wrote never runs)."""
+    import yaml
+
+    path = Path(path)
+    if not path.exists():
+        return {}
+    try:
+        value = yaml.safe_load(path.read_text())
+    except (OSError, ValueError, yaml.YAMLError) as err:
+        _skipped(path, f"not plain YAML ({type(err).__name__}: {_first_line(err)})")
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def read_arrays(path: Path, names: tuple[str, ...], optional: tuple[str, ...] = ()) -> dict | None:
+    """The named numeric arrays of an .npz file (`optional` ones when present); None with a
+    warning naming the file when it cannot be read so: damaged, or crafted (object arrays are
+    never unpickled, other contents are refused)."""
+    import zipfile
+
+    import numpy as np
+
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {name: npz[name] for name in (*names, *(n for n in optional if n in npz))}
+        bad = next((n for n, a in arrays.items() if a.dtype.kind not in "biuf"), None)
+        if bad is not None:
+            raise ValueError(f"{bad} holds {arrays[bad].dtype}, not numbers")
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
+        _skipped(path, f"not the arrays saln-exp writes ({type(err).__name__}: {_first_line(err)})")
+        return None
+    return arrays
+
+
+_SKIPPED: set[Path] = set()
+
+
+def _skipped(path: Path, why: str) -> None:
+    """One warning per damaged file, however many readers come across it."""
+    if path not in _SKIPPED:
+        _SKIPPED.add(path)
+        log.warning("%s skipped: %s", path, why)
+
+
+def _first_line(err: BaseException) -> str:
+    return (str(err).strip().splitlines() or [""])[0][:200]
+
+
+def is_saln_config(config: Any) -> bool:
+    """A saln-exp config (a selector and a dataset, each named): what a run written before
+    status.json's `written_by` is recognised by."""
+    if not isinstance(config, dict):
+        return False
+    groups = [config.get("selector"), config.get("dataset")]
+    return all(isinstance(g, dict) and isinstance(g.get("name"), str) for g in groups)
+
+
 class RunFiles:
     """The run directory's files, written through the rules above."""
 
@@ -252,6 +315,7 @@ class RunFiles:
             "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
             "slurm_restart_count": int(os.environ.get("SLURM_RESTART_COUNT", 0)),
             **extra,
+            "written_by": WRITTEN_BY,
         }
         write_json(self.status_path, payload)
 
@@ -261,6 +325,19 @@ class RunFiles:
             self.write_status(status, **extra)
         except RunDirWriteError as err:
             log.warning("status not recorded: %s", err)
+
+    def read_config(self) -> dict[str, Any]:
+        """The run's resolved config: summary.json's (complete runs), else config.yaml's."""
+        return self.read_summary().get("config") or read_yaml(self.dir / CONFIG)
+
+    def written_by_saln_exp(self) -> bool:
+        """Whether saln-exp wrote this run: status.json says so, or (runs written before it did)
+        the config is a saln-exp config."""
+        if not self.dir.is_dir():
+            return False
+        return self.read_status().get("written_by") == WRITTEN_BY or is_saln_config(
+            self.read_config()
+        )
 
     def holds_a_run(self) -> bool:
         return self.dir.is_dir() and any((self.dir / name).exists() for name in RUN_MARKERS)

@@ -17,12 +17,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from saln_exp import PROJECT_ROOT
-from saln_exp.images import load_example, montage, weights_image
-from saln_exp.rundir import FINAL_LAYER, WANDB_ID, RunFiles, atomic_write, jsonable
+from saln_exp.images import load_example, load_final_layer, montage, weights_image
+from saln_exp.rundir import WANDB_ID, RunFiles, atomic_write, jsonable
 
 log = logging.getLogger(__name__)
 
@@ -271,10 +270,9 @@ class Tracking:
             images["selection_example"] = montage(
                 example["images"].numpy(), example["kept"].numpy().astype(bool)
             )
-        final_layer = self.files.path(FINAL_LAYER)
-        if final_layer.exists():
-            with np.load(final_layer, allow_pickle=False) as layer:
-                images["final_layer"] = weights_image(layer["weight"])
+        final_layer = load_final_layer(self.files.dir)
+        if final_layer is not None:
+            images["final_layer"] = weights_image(final_layer)
         if images:
             self.log_images(images)
 

@@ -35,6 +35,7 @@ from saln_exp.report.tables import (
     text_frame,
     trial_runs,
 )
+from saln_exp.rundir import SWEEP, RunFiles
 
 SUFFIX = {"markdown": "md", "csv": "csv", "latex": "tex"}
 TABLE_CHOICES = ("auto", "all", "compare", "paper", "noise")
@@ -88,11 +89,34 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def output_dir(args: argparse.Namespace) -> Path:
+    """--out, else `<first path>/report` where that path is saln-exp's own (a sweep, a run, a
+    folder of runs): a report is never written into someone else's folder unasked."""
     if args.out:
         return args.out
     if args.wandb:
         return Path("outputs") / "reports" / re.sub(r"[^A-Za-z0-9_.-]+", "_", args.wandb)
-    return resolve_source(args.paths[0]) / "report"
+    source = resolve_source(args.paths[0])
+    if not holds_our_runs(source):
+        raise ReportError(
+            f"{source} is not a sweep or run directory of saln-exp, so the report is not written "
+            "into it; give --out <dir>"
+        )
+    return source / "report"
+
+
+def holds_our_runs(folder: Path) -> bool:
+    """A run directory saln-exp wrote, a sweep (Hydra's multirun.yaml, or sweep.json), or a
+    folder whose every subfolder (but a report) is such a run."""
+    if (folder / SWEEP).exists() or (folder / "multirun.yaml").exists():
+        return True
+    if not folder.is_dir() or RunFiles(folder).written_by_saln_exp():
+        return folder.is_dir()
+    subfolders = [
+        d
+        for d in folder.iterdir()
+        if d.is_dir() and d.name != "report" and not d.name.startswith(".")
+    ]
+    return bool(subfolders) and all(RunFiles(d).written_by_saln_exp() for d in subfolders)
 
 
 def select_tables(runs: Runs, which: str, target: float | None) -> list[Table]:
@@ -233,8 +257,8 @@ def _printed(table: Table, fmt: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        runs = load_wandb(args.wandb) if args.wandb else load_runs(args.paths)
         out = output_dir(args)
+        runs = load_wandb(args.wandb) if args.wandb else load_runs(args.paths)
         tables = select_tables(runs, args.table, args.target_acc)
         if not tables:
             raise ReportError(

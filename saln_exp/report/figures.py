@@ -22,8 +22,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from saln_exp import rundir
-from saln_exp.images import DROPPED_RGB, KEPT_RGB, load_example, montage
+from saln_exp.images import DROPPED_RGB, KEPT_RGB, load_example, load_final_layer, montage
 from saln_exp.report.load import Runs
 from saln_exp.report.style import file_stem, selector_style, setting_title
 from saln_exp.report.tables import TRAIN_SECONDS, with_train_seconds
@@ -428,11 +427,10 @@ def run_file_figures(setting: str, runs: pd.DataFrame, out_dir: Path, group: str
         seeds = {r.variant: r.seed for r in shown.itertuples()}
         figure = selection_figure(examples, f"{setting}: samples kept in one batch", seeds)
         paths += save(figure, out_dir, f"{group}_selection")
-    layer_files = {r.variant: Path(r.run_dir) / rundir.FINAL_LAYER for r in shown.itertuples()}
     layers = {
-        variant: np.load(path, allow_pickle=False)["weight"]
-        for variant, path in layer_files.items()
-        if path.exists()
+        r.variant: layer
+        for r in shown.itertuples()
+        if (layer := load_final_layer(r.run_dir)) is not None
     }
     if layers:
         paths += save(

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import yaml
 
 from saln_exp import rundir
 from saln_exp.errors import UserError
@@ -116,10 +115,12 @@ def resolve_source(path: str | Path) -> Path:
 
 
 def find_run_dirs(path: Path) -> list[Path]:
-    """Every run directory at or under `path` (one holding summary.json, status.json or metrics)."""
+    """Every run directory saln-exp wrote at or under `path` (one holding summary.json,
+    status.json or metrics, and marked as saln-exp's: another tool's files are not runs)."""
     found = {f.parent for name in RUN_FILES for f in path.rglob(name)}
     found |= {path} if any((path / name).exists() for name in RUN_FILES) else set()
-    return sorted(found, key=lambda p: (len(p.parts), str(p)))
+    ours = (d for d in found if rundir.RunFiles(d).written_by_saln_exp())
+    return sorted(ours, key=lambda p: (len(p.parts), str(p)))
 
 
 def model_label(model: dict[str, Any]) -> str | None:
@@ -206,11 +207,9 @@ def read_local_run(
 ) -> tuple[dict[str, Any], pd.DataFrame, dict[str, Any]]:
     summary = _read_json(run_dir / rundir.SUMMARY)
     status = _read_json(run_dir / rundir.STATUS).get("status") or summary.get("status") or "unknown"
-    config = summary.get("config")
-    if config is None and (run_dir / rundir.CONFIG).exists():
-        config = yaml.safe_load((run_dir / rundir.CONFIG).read_text())
+    config = rundir.RunFiles(run_dir).read_config()  # a crafted config.yaml: a warning, no code
     curve = read_curve(run_dir / rundir.METRICS)
-    row = run_row(run_id, status, config or {}, summary, curve)
+    row = run_row(run_id, status, config, summary, curve)
     row["run_dir"] = str(run_dir)
     return row, curve.assign(run_id=run_id), config or {}
 
@@ -228,7 +227,8 @@ def load_runs(paths: list[str | Path]) -> Runs:
             configs.append(config)
     if not rows:
         raise ReportError(
-            f"no runs found under {', '.join(map(str, paths))} (no {rundir.SUMMARY} / {rundir.STATUS})"
+            f"no runs found under {', '.join(map(str, paths))} (no run directory saln-exp wrote: "
+            f"{rundir.SUMMARY} / {rundir.STATUS} with a saln-exp config)"
         )
     return assemble(rows, curves, configs)
 

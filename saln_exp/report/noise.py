@@ -9,13 +9,13 @@ run directory's summary.json (or config.yaml) when missing, so this works on any
 from __future__ import annotations
 
 import json
+import logging
 import math
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-import yaml
 from matplotlib.figure import Figure
 
 from saln_exp import rundir
@@ -23,18 +23,27 @@ from saln_exp.report.figures import fit, save
 from saln_exp.report.load import BUDGETS, counted
 from saln_exp.report.tables import Table, mean_std_n, non_finite_note
 
+log = logging.getLogger(__name__)
+
 NOISY_KEPT = "select/noisy_kept_frac"
 PRUNE_KEYS = ("prune/kept_frac", "prune/noisy_kept_frac", "prune/precision", "prune/recall")
 GROUP_COLORS = {"clean": "tab:blue", "noisy": "tab:red", "all": "tab:gray"}
 
 
 # -- forgetting histogram -------------------------------------------------------------------------
-def forgetting_counts(run_dir: str | Path) -> pd.DataFrame:
+def forgetting_counts(run_dir: str | Path) -> pd.DataFrame | None:
     """Samples per number of forgetting events and group (clean / noisy, or all without noise);
-    never-learned samples get their own row (events = inf: forgotten infinitely often)."""
-    with np.load(Path(run_dir) / rundir.FORGETTING, allow_pickle=False) as f:
-        events, learned, presented = f["events"], f["learned"].astype(bool), f["presented"]
-        noisy = f["noisy"].astype(bool) if "noisy" in f.files else np.zeros(len(events), bool)
+    never-learned samples get their own row (events = inf: forgotten infinitely often). None, with
+    a warning naming the file, when forgetting.npz is not what a run writes."""
+    path = Path(run_dir) / rundir.FORGETTING
+    f = rundir.read_arrays(path, ("events", "learned", "presented"), optional=("noisy",))
+    if f is None:
+        return None
+    if any(a.ndim != 1 for a in f.values()) or len({len(a) for a in f.values()}) != 1:
+        log.warning("%s skipped: its arrays are not one number per sample", path)
+        return None
+    events, learned, presented = f["events"], f["learned"].astype(bool), f["presented"]
+    noisy = f["noisy"].astype(bool) if "noisy" in f else np.zeros(len(events), bool)
     seen = presented > 0
     groups = (
         {"clean": ~noisy, "noisy": noisy} if noisy[seen].any() else {"all": np.ones_like(noisy)}
@@ -68,6 +77,8 @@ def forgetting_histogram(
     side by side when the run had label noise; PNG + PDF in `out_dir` (default: the run dir)."""
     run_dir = Path(run_dir)
     counts = forgetting_counts(run_dir)
+    if counts is None:
+        return []
     groups = list(dict.fromkeys(counts["group"]))
     ticks = sorted(counts["events"].unique())
     fig = Figure(figsize=(7, 3.8), layout="constrained")
@@ -106,11 +117,7 @@ def forgetting_figures(runs: pd.DataFrame, out_dir: Path) -> list[Path]:
 
 # -- label-noise table ----------------------------------------------------------------------------
 def _config(run_dir: Path) -> dict[str, Any]:
-    summary = _read_json(run_dir / rundir.SUMMARY)
-    if summary.get("config"):
-        return summary["config"]
-    path = run_dir / rundir.CONFIG
-    return yaml.safe_load(path.read_text()) if path.exists() else {}
+    return rundir.RunFiles(run_dir).read_config()
 
 
 def _read_json(path: Path) -> dict[str, Any]:
