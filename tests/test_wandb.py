@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
 import re
+import socket
+import subprocess
+import threading
 import time
 
 import pytest
 import wandb
 
+from conftest import BIN
 from saln_exp.train import run
 from wandb_records import history, run_info, summary
 
@@ -131,6 +137,51 @@ def test_an_unreachable_server_falls_back_to_offline_quickly_and_says_how_to_syn
     for part in parts:
         info = run_info(next(part.glob("*.wandb")))
         assert info["name"] == "unreachable" and info["id"] == run_id
+
+
+@pytest.fixture
+def silent_server():
+    """A W&B server that accepts every connection and never answers: its URL."""
+    server = socket.create_server(("127.0.0.1", 0))
+    held = []
+
+    def accept() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                held.append(server.accept()[0])
+
+    threading.Thread(target=accept, daemon=True).start()
+    yield f"http://127.0.0.1:{server.getsockname()[1]}"
+    server.close()
+    for connection in held:
+        connection.close()
+
+
+def seconds_from_sync_hint_to_exit(run_dir, env: dict) -> float:
+    """Run saln-train as a user does; the seconds between its `wandb sync` hint and its exit."""
+    command = [str(BIN / "saln-train"), "logger=wandb", *FAST, "trainer.epochs=1",
+               "trainer.progress=false", f"hydra.run.dir={run_dir}"]  # fmt: skip
+    proc = subprocess.Popen(command, env={**os.environ, "OMP_NUM_THREADS": "1", **env},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    hint = None
+    for line in proc.stdout:
+        if "wandb sync" in line:
+            hint = time.monotonic()
+    assert proc.wait(timeout=600) == 0 and hint is not None
+    return time.monotonic() - hint
+
+
+@pytest.mark.slow
+def test_a_server_that_never_answers_costs_no_wait_at_exit(tmp_path, silent_server):
+    """The run falls back to offline after W&B's init timeout, and then exits as an offline run
+    does: W&B's own telemetry no longer waits on the server at exit (it added 21.6 s)."""
+    offline = seconds_from_sync_hint_to_exit(tmp_path / "offline", {"WANDB_MODE": "offline"})
+    silent = seconds_from_sync_hint_to_exit(
+        tmp_path / "silent",
+        {"WANDB_MODE": "online", "WANDB_BASE_URL": silent_server, "WANDB_API_KEY": "x" * 40},
+    )
+    assert (tmp_path / "silent" / "wandb").is_dir()  # it did fall back to offline
+    assert silent <= offline + 5, (silent, offline)
 
 
 def test_metrics_table_and_checkpoint_artifacts_on_request(make_cfg, tmp_path):

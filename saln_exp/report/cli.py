@@ -208,7 +208,9 @@ def upload_to_wandb(target: str, tables: list[Table], written: list[Path], out: 
     (with the sync hint) where there is no key or no reachable server."""
     import wandb
 
-    from saln_exp.tracking import server_reachable, wandb_mode
+    from saln_exp.tracking import server_reachable, wandb_mode, without_sdk_telemetry
+
+    without_sdk_telemetry()
 
     entity, _, project = target.rpartition("/")
     mode = wandb_mode("auto")
