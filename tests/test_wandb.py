@@ -161,7 +161,9 @@ def seconds_from_sync_hint_to_exit(run_dir, env: dict) -> float:
     """Run saln-train as a user does; the seconds between its `wandb sync` hint and its exit."""
     command = [str(BIN / "saln-train"), "logger=wandb", *FAST, "trainer.epochs=1",
                "trainer.progress=false", f"hydra.run.dir={run_dir}"]  # fmt: skip
-    proc = subprocess.Popen(command, env={**os.environ, "OMP_NUM_THREADS": "1", **env},
+    # not this process's W&B service (set by the in-process runs of earlier tests)
+    inherited = {k: v for k, v in os.environ.items() if k != "WANDB_SERVICE"}
+    proc = subprocess.Popen(command, env={**inherited, "OMP_NUM_THREADS": "1", **env},
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
     hint = None
     for line in proc.stdout:
