@@ -16,7 +16,10 @@ from __future__ import annotations
 import datetime
 import logging
 import os
+import socket
+import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -27,6 +30,8 @@ log = logging.getLogger(__name__)
 # seconds a collective may wait for a peer before the run ends (a dead peer is noticed by
 # torchrun at once; this bounds the case of a peer that hangs without dying)
 DEFAULT_TIMEOUT_S = 300
+# seconds a rank waits on the rendezvous store while naming a peer that died
+STORE_TIMEOUT_S = 5
 
 
 @dataclass
@@ -59,6 +64,9 @@ class World:
 
 
 WORLD = World()
+# a client of the rendezvous store (torchrun's agent, or rank 0 under Slurm) in which every rank
+# wrote which process it is: what a rank whose peer vanished reads to name it
+_STORE: dist.Store | None = None
 
 
 def from_env() -> World:
@@ -94,6 +102,7 @@ def setup(device_request: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> World:
             backend="nccl" if cuda else "gloo",
             timeout=datetime.timedelta(seconds=float(timeout_s)),
         )
+        register(world)
     WORLD = world
     return world
 
@@ -111,11 +120,77 @@ def adopt_process_group() -> World:
     return WORLD
 
 
+def _process_key(rank: int) -> str:
+    # a torchrun restart starts the ranks again under the same store: keys of this attempt only
+    return f"saln_exp/attempt{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}/rank{rank}"
+
+
+def register(world: World) -> None:
+    """Write `host pid` of this rank into the rendezvous store (MASTER_ADDR:MASTER_PORT, which
+    torchrun and submitit set), so that a rank whose peer vanishes can say which one died."""
+    global _STORE
+    try:
+        _STORE = dist.TCPStore(
+            os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False,
+            timeout=datetime.timedelta(seconds=STORE_TIMEOUT_S),
+        )  # fmt: skip
+        _STORE.set(_process_key(world.rank), f"{socket.gethostname()} {os.getpid()}")
+    except (KeyError, ValueError, RuntimeError) as err:  # no store to reach: peers stay unnamed
+        log.debug("ranks not registered in the store: %s", err)
+        _STORE = None
+
+
+def dead_peers(world: World, attempts: int = 5) -> list[str]:
+    """`rank R (pid P on H)` for each other rank whose process is gone, as far as this rank can
+    tell: peers on this host, found in the store. A peer on another host, or one that hangs,
+    is not named. The killed process's sockets close an instant before the kernel marks it
+    dead, so a few short looks."""
+    if _STORE is None:
+        return []
+    try:
+        peers = [
+            (rank, *_STORE.get(_process_key(rank)).decode().split())
+            for rank in range(world.size)
+            if rank != world.rank and _STORE.check([_process_key(rank)])
+        ]
+    except (RuntimeError, ValueError) as err:  # the store went down with its host
+        log.debug("the store cannot say which rank died: %s", err)
+        return []
+    here = socket.gethostname()
+    for attempt in range(attempts):
+        dead = [
+            f"rank {rank} (pid {pid} on {host})"
+            for rank, host, pid in peers
+            if host == here and not _process_alive(int(pid))
+        ]
+        if dead or attempt == attempts - 1:
+            return dead
+        time.sleep(0.2)
+    return []
+
+
+def _process_alive(pid: int) -> bool:
+    """False for a process that has ended, a zombie included (torchrun has not reaped it yet);
+    True where /proc cannot tell (so nothing is claimed)."""
+    if not Path("/proc/self").exists():
+        return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[-1].split()[0] not in ("Z", "X")  # the state follows the name
+
+
 def teardown() -> None:
-    global WORLD
+    global WORLD, _STORE
     if dist.is_initialized():
         dist.destroy_process_group()
-    WORLD = World()
+    WORLD, _STORE = World(), None
+
+
+# a client of the rendezvous store (torchrun's agent, or rank 0 under Slurm) in which every rank
+# wrote which process it is: what a rank whose peer vanished reads to name it
+_STORE: dist.Store | None = None
 
 
 def device_for(request: str, world: World) -> str:
@@ -139,10 +214,13 @@ def failure_line(world: World, err: BaseException) -> str:
         word in text for word in ("Connection reset", "Connection closed", "Timed out", "timeout")
     )
     if lost:
-        return (
-            f"error: rank {world.rank} of {world.size} lost its peers ({text[:160]}): another "
-            "rank ended or stopped answering; torchrun's 'Root Cause' names it"
+        dead = dead_peers(world)
+        why = (
+            f"{' and '.join(dead)} died"
+            if dead
+            else "another rank ended or stopped answering; torchrun's 'Root Cause' names it"
         )
+        return f"error: rank {world.rank} of {world.size} lost its peers ({text[:160]}): {why}"
     return f"error: rank {world.rank} of {world.size} failed: {type(err).__name__}: {text}"
 
 

@@ -9,6 +9,7 @@ import math
 import os
 import shlex
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -214,6 +215,37 @@ def test_kill_9_of_one_rank_ends_the_run_and_a_rerun_resumes(tmp_path: Path):
 
     _run(run_dir, *overrides, procs=2)  # the same command resumes
     assert_same_metrics(_metrics(tmp_path / "whole"), _metrics(run_dir), rel=0.0, abs_=0.0)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("killed", [1, 0])
+def test_the_rank_that_was_killed_is_named_by_its_peer(tmp_path: Path, killed: int):
+    """saln-exp's own line names the rank that died, not only the surviving one."""
+    run_dir, token = tmp_path / "run", uuid.uuid4().hex
+    command = _command(run_dir, "selector=topk_loss", "trainer.epochs=30", procs=2)
+    proc = _start_until_checkpoint(command, run_dir, _env(SALN_TEST_TOKEN=token))
+    pid = _pid_of_rank(token, rank=killed)
+    assert pid is not None and proc.poll() is None, "the run ended before a rank could be killed"
+    os.kill(pid, signal.SIGKILL)
+    output, _ = proc.communicate(timeout=120)
+    lines = [line for line in output.splitlines() if "lost its peers" in line]
+    assert lines, output[-3000:]
+    assert lines[0].startswith(f"error: rank {1 - killed} of 2 lost its peers")
+    assert lines[0].endswith(f"rank {killed} (pid {pid} on {socket.gethostname()}) died"), lines
+
+
+def test_a_peer_is_named_only_when_its_process_is_gone(monkeypatch):
+    """One process standing in for a store and two peers: a live pid is never called dead."""
+    store = torch.distributed.HashStore()
+    monkeypatch.setattr(distributed, "_STORE", store)
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    for rank, pid in ((1, os.getpid()), (2, gone.pid)):
+        store.set(distributed._process_key(rank), f"{socket.gethostname()} {pid}")
+    world = distributed.World(rank=0, size=4)  # rank 3 never registered
+    assert distributed.dead_peers(world, attempts=1) == [
+        f"rank 2 (pid {gone.pid} on {socket.gethostname()})"
+    ]
 
 
 @pytest.mark.slow
