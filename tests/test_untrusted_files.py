@@ -4,7 +4,6 @@ running code: a crafted pickle that would create a file must not create it, anyw
 from __future__ import annotations
 
 import json
-import shutil
 
 import numpy as np
 import pandas as pd
@@ -152,15 +151,13 @@ def test_the_report_counts_only_saln_exp_runs_and_writes_only_where_asked(
     from saln_exp import rundir
     from saln_exp.report import cli
 
-    (ours,) = small_runs(make_cfg, tmp_path / "parent" / "sweep", ())
+    ours, older = small_runs(make_cfg, tmp_path / "parent" / "sweep", (), ("seed=1",))
     other = tmp_path / "parent" / "other_tool"  # another tool's files of the same names
     other.mkdir()
     (other / "status.json").write_text('{"status": "completed"}')
     (other / "metrics.jsonl").write_text('{"epoch": 1, "loss": 0.5}\n')
     (other / "config.yaml").write_text("lr: 0.1\n")
     # a run written before status.json said who wrote it: known by its saln-exp config
-    older = tmp_path / "parent" / "older"
-    shutil.copytree(ours, older)
     status = rundir.read_json(older / "status.json")
     status.pop("written_by", None)
     (older / "status.json").write_text(json.dumps(status))
@@ -176,7 +173,7 @@ def test_the_report_counts_only_saln_exp_runs_and_writes_only_where_asked(
     out = tmp_path / "report"
     assert cli.main([str(tmp_path / "parent"), "--out", str(out), "--no-figures"]) == 0
     runs = pd.read_csv(out / "runs.csv")
-    assert sorted(runs["run_dir"]) == [str(older), str(ours)]  # not other_tool
+    assert sorted(runs["run_dir"]) == [str(ours), str(older)]  # not other_tool
     assert cli.main([str(ours.parent), "--no-figures"]) == 0  # a folder of runs: its report/
     assert (ours.parent / "report" / "runs.csv").exists()
 
