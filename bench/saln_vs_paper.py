@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import scipy.linalg
 import torch
 from torch import Tensor, nn
 
@@ -19,41 +18,21 @@ from bench.inputs import auto_solver, realistic_features, select_once, unseeded_
 from bench.settings import Log, Settings
 from bench.tables import ms, ratio, table
 from bench.timing import round_ratios, summary, timed
-from oracles import saln_algorithm1
+from oracles import saln_algorithm1, saln_algorithm1_float64
 from saln_exp.selectors import SELECTORS, Batch, ViewSources
-from saln_exp.selectors.saln import (
-    dense_is_faster,
-    dense_laplacian,
-    normalize_rows,
-    single_blas_thread,
-)
+from saln_exp.spectral import dense_is_faster, single_blas_thread
 
 KEY = "saln_vs_algorithm1"
 FILTER_RATIO = 0.8
 
 
 def exact_reference(features: Tensor, keep: int) -> dict[str, Any]:
-    """Float64 dense solve: the exact kept set, the Fiedler gap and how close the top-k cut is."""
-    unit = normalize_rows(features.double())
-    laplacian = dense_laplacian(unit, "cosine").numpy()
-    values, vectors = scipy.linalg.eigh(laplacian, subset_by_index=[0, 2], driver="evr")
-    fiedler = np.abs(vectors[:, 1])
-    order = np.argsort(fiedler)[::-1]
-    scale = max(1.0, float(np.abs(np.diag(laplacian)).max()))
-    gap = float(min(values[1] - values[0], values[2] - values[1]))
-    margin = (
-        float(fiedler[order[keep - 1]] - fiedler[order[keep]])
-        if keep < len(fiedler)
-        else float("inf")
-    )
-    return {
-        "kept": set(order[:keep].tolist()),
-        "lambda": values.tolist(),
-        "gap": gap,
-        "margin": margin,
-        # a repeated eigenvalue or a tie at the top-k cut: no unique kept set to agree on
-        "ambiguous": gap <= 1e-9 * scale or margin <= 1e-12,
-    }
+    """Algorithm 1 in float64: the exact kept set, the Fiedler gap, the margin at the top-k cut,
+    and whether the kept set is unique (a repeated eigenvalue or a tie at the cut leaves nothing
+    to agree on)."""
+    reference = saln_algorithm1_float64(features.double().numpy(), FILTER_RATIO)
+    assert len(reference["kept"]) == keep
+    return reference
 
 
 def solver_label(solver: str, n: int, d: int) -> str:
@@ -125,7 +104,7 @@ def agreement(batches: list, outputs: list) -> dict[str, Any]:
             agree_exact.append(len(ref["kept"] & kept) / len(paper))
             gaps.append(ref["gap"])
             margins.append(ref["margin"])
-            if ref["ambiguous"]:
+            if not ref["unique"]:
                 ambiguous += 1
             elif overlap == 1.0:
                 identical += 1

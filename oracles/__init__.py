@@ -25,7 +25,7 @@ from oracles.assist import (
 from oracles.jest import jest_joint_sampling
 from oracles.losses import cross_entropy, softmax
 from oracles.rho import rho_loss
-from oracles.saln import saln_algorithm1
+from oracles.saln import saln_algorithm1, saln_algorithm1_float64
 
 __all__ = [
     "assist_alg3_topk",
@@ -40,5 +40,6 @@ __all__ = [
     "loss_weighted",
     "rho_loss",
     "saln_algorithm1",
+    "saln_algorithm1_float64",
     "softmax",
 ]
