@@ -44,8 +44,11 @@ lint: install ## ruff check and format check
 mnist: ## unpack the real MNIST (MNIST_SRC, default ../shared/data/mnist) into data/MNIST/raw, checksums checked
 	bash scripts/unpack_mnist.sh $(or $(MNIST_SRC),../shared/data/mnist) $(or $(SALN_DATA_DIR),data)
 
-bench: install ## speed and memory benchmark -> bench/results.json and bench/results.md
+bench: install ## speed and memory benchmark -> bench/results.json and bench/results.md (ARGS="--only saln,runner" for some sections)
 	$(BIN)/saln-bench $(ARGS)
+
+bench-gpu: install ## the prepared GPU measurement, under 8 min on one GPU -> bench/gpu/results.json and results.md
+	$(BIN)/saln-bench --gpu $(ARGS)
 
 report: install ## tables and figures from the newest sweep (or ARGS="<dirs>")
 	$(BIN)/saln-report $(if $(ARGS),$(ARGS),outputs/sweeps/latest)
@@ -59,4 +62,4 @@ slurm-down: ## stop the local Slurm cluster
 clean: ## remove run outputs and caches (not the venv, not data/)
 	rm -rf outputs/runs outputs/sweeps .cache .pytest_cache .ruff_cache
 
-.PHONY: help install train compare compare-mnist test test-fast lint mnist bench report slurm-up slurm-down clean
+.PHONY: help install train compare compare-mnist test test-fast lint mnist bench bench-gpu report slurm-up slurm-down clean

@@ -33,7 +33,7 @@ from bench import (
 )
 from bench.machine import load_average, machine_info
 from bench.results import SCHEMA_VERSION, merged_with_earlier, to_markdown, write
-from bench.settings import Log, Settings, quick_settings
+from bench.settings import GPU_SECTIONS, Log, Settings, gpu_settings, quick_settings
 from bench.targets import evaluate_targets
 from saln_exp.config import resolve_device
 
@@ -108,13 +108,18 @@ def run(
     quick: bool,
     names: tuple[str, ...] = SECTION_NAMES,
     log: Log = print,
+    device: torch.device | None = None,
+    plan: str = "cpu",
 ) -> dict[str, Any]:
-    """Run the chosen sections, write results.json and results.md to `out_dir`, return the results."""
+    """Run the chosen sections on `device` (default: CUDA where there is one), write results.json
+    and results.md to `out_dir`, return the results. `plan`: which plan the settings are (`cpu`,
+    `make bench`; `gpu`, `make bench-gpu`), so a later `--only` run merges with its own kind."""
     start = time.perf_counter()
-    device = resolve_device("auto")
+    device = device or resolve_device("auto")
     results: dict[str, Any] = {
         "schema": SCHEMA_VERSION,
         "created": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "plan": plan,
         "quick": quick,
         "sections": list(names),
         "settings": asdict(settings),
@@ -131,7 +136,7 @@ def run(
     keys = {s.name: s.key for s in SECTIONS if s.name in names}
     every = set(names) == set(SECTION_NAMES)
     results = merged_with_earlier(results, out_dir / "results.json", keys, every)
-    results["targets"] = evaluate_targets(results, quick)
+    results["targets"] = evaluate_targets(results)
     write(results, markdown_of(results), out_dir)
     return results
 
@@ -141,22 +146,40 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--quick", action="store_true", help="tiny sizes: a smoke run of every section"
     )
-    parser.add_argument("--out", default=str(BENCH_DIR), help="where results.json / results.md go")
     parser.add_argument(
-        "--only",
-        default=",".join(SECTION_NAMES),
-        help=f"comma-separated subset of {','.join(SECTION_NAMES)}",
+        "--gpu",
+        action="store_true",
+        help=f"the prepared GPU measurement (make bench-gpu; sections {','.join(GPU_SECTIONS)}, "
+        "under 8 minutes on a GPU): needs CUDA, writes bench/gpu/ by default",
+    )
+    parser.add_argument("--out", help="where results.json / results.md go (default: bench/)")
+    parser.add_argument(
+        "--only", help=f"comma-separated subset of {','.join(SECTION_NAMES)} (default: all)"
     )
     args = parser.parse_args(argv)
-    names = tuple(s.strip() for s in args.only.split(",") if s.strip())
+    names = GPU_SECTIONS if args.gpu else SECTION_NAMES
+    if args.only:
+        names = tuple(s.strip() for s in args.only.split(",") if s.strip())
     unknown = sorted(set(names) - set(SECTION_NAMES))
     if unknown:
         parser.error(f"unknown section(s) {unknown}; choose from {', '.join(SECTION_NAMES)}")
-    settings = quick_settings() if args.quick else Settings()
-    results = run(settings, Path(args.out), args.quick, names)
+    if args.gpu and not torch.cuda.is_available():
+        print(
+            "saln-bench --gpu: no CUDA device on this machine (torch.cuda.is_available() is "
+            "False); run `make bench-gpu` where there is a GPU",
+            file=sys.stderr,
+        )
+        return 2
+    out = Path(args.out) if args.out else BENCH_DIR / "gpu" if args.gpu else BENCH_DIR
+    if args.gpu:
+        settings, device, plan = gpu_settings(args.quick), torch.device("cuda"), "gpu"
+    else:
+        settings = quick_settings() if args.quick else Settings()
+        device, plan = None, "cpu"
+    results = run(settings, out, args.quick, names, device=device, plan=plan)
     print()
     print(markdown_of(results))
-    print(f"wrote {Path(args.out) / 'results.json'} and {Path(args.out) / 'results.md'}")
+    print(f"wrote {out / 'results.json'} and {out / 'results.md'}")
     return 0
 
 

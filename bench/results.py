@@ -28,7 +28,10 @@ def merged_with_earlier(
         earlier = json.loads(earlier_path.read_text())
     except (OSError, ValueError):
         return results
-    if earlier.get("schema") != SCHEMA_VERSION or earlier.get("quick") != results["quick"]:
+    same_kind = (  # results before `plan` existed were all cpu-plan runs
+        earlier.get("plan", "cpu") == results["plan"] and earlier.get("quick") == results["quick"]
+    )
+    if earlier.get("schema") != SCHEMA_VERSION or not same_kind:
         return results
     merged = dict(earlier)
     for section, key in keys.items():
@@ -57,7 +60,8 @@ def header_markdown(results: dict[str, Any]) -> list[str]:
         f"{m.get('memory_gb')} GiB; device {m['device']}{' (' + m['gpu'] + ')' if m.get('gpu') else ''}; "
         f"torch {m['torch']} ({m['torch_threads']} threads), numpy {m['numpy']}, scipy {m['scipy']}, "
         f"Python {m['python']}.",
-        f"Run: {results['created']}, {'quick' if results['quick'] else 'default'} settings, "
+        f"Run: {results['created']}, {results.get('plan', 'cpu')} plan, "
+        f"{'quick' if results['quick'] else 'default'} settings, "
         f"{results['total_seconds']:.0f} s; load average {m.get('load_average_start')} at start, "
         f"{m.get('load_average_end')} at end.",
         "Times are medians of repeated runs with [first-third quartile]; ratios are taken round by "

@@ -2,7 +2,9 @@
 
 Selection includes the inference forward its view runs; the step is a forward, backward and
 SGD step of the same model on the whole batch. Selection pays off when it costs less than the
-share of the step it removes."""
+share of the step it removes. The selectors that read the learner's outputs (losses, logits)
+are also set against one inference forward of the batch (the view's own, timed alone), with the
+number of forwards their selection ran."""
 
 from __future__ import annotations
 
@@ -31,7 +33,14 @@ from bench.tables import ms, table
 from bench.timing import interleaved, summary
 from saln_exp.features import FeatureStore, build_backbone, embed
 from saln_exp.optim import build_optimizer
-from saln_exp.selectors import Batch, RunContext, Selector, ViewSources, build_selector
+from saln_exp.selectors import (
+    Batch,
+    BatchView,
+    RunContext,
+    Selector,
+    ViewSources,
+    build_selector,
+)
 
 KEY = "selector_overhead"
 BACKBONE_LABEL = "saln (pretrained, no cache)"
@@ -45,6 +54,7 @@ class SelectorVariant:
     # what the view reads besides the learner: none | reference (precomputed reference losses) |
     # features_cached (a FeatureStore) | features_backbone (the frozen backbone on every batch)
     sources: str = "none"
+    loss_based: bool = False  # selects from the learner's outputs: one inference forward
 
 
 SELECTOR_VARIANTS = [
@@ -56,16 +66,16 @@ SELECTOR_VARIANTS = [
         "saln (pretrained, cached)", "saln", ["selector.features=pretrained"], "features_cached"
     ),
     SelectorVariant(BACKBONE_LABEL, "saln", ["selector.features=pretrained"], "features_backbone"),
-    SelectorVariant("jest", "jest", sources="reference"),
-    SelectorVariant("rho", "rho", sources="reference"),
-    SelectorVariant("accuracy", "accuracy"),
+    SelectorVariant("jest", "jest", sources="reference", loss_based=True),
+    SelectorVariant("rho", "rho", sources="reference", loss_based=True),
+    SelectorVariant("accuracy", "accuracy", loss_based=True),
     SelectorVariant("accuracy_epoch", "accuracy_epoch"),
-    SelectorVariant("soft_accuracy", "soft_accuracy"),
-    SelectorVariant("hard_accuracy_topk", "hard_accuracy_topk"),
-    SelectorVariant("topk_loss", "topk_loss"),
-    SelectorVariant("topq_loss", "topq_loss"),
-    SelectorVariant("loss_weighted", "loss_weighted"),
-    SelectorVariant("loss_qsplit", "loss_qsplit"),
+    SelectorVariant("soft_accuracy", "soft_accuracy", loss_based=True),
+    SelectorVariant("hard_accuracy_topk", "hard_accuracy_topk", loss_based=True),
+    SelectorVariant("topk_loss", "topk_loss", loss_based=True),
+    SelectorVariant("topq_loss", "topq_loss", loss_based=True),
+    SelectorVariant("loss_weighted", "loss_weighted", loss_based=True),
+    SelectorVariant("loss_qsplit", "loss_qsplit", loss_based=True),
 ]
 
 
@@ -149,7 +159,9 @@ def measure(st: Settings, device: torch.device, workdir: Path, log: Log) -> list
         # the backbone's cost does not depend on the learner: measured once, with the first model
         selectors = built_selectors(st, configs, ctx, with_backbone=backbone_times is None)
         variants: dict[str, Callable[[], Any]] = {
-            "__step__": train_step_fn(model, optimizer, batch.x, batch.y)
+            "__step__": train_step_fn(model, optimizer, batch.x, batch.y),
+            # the inference forward a view runs for the learner's outputs, alone
+            "__forward__": partial(lambda b, m: BatchView(b, m).logits, batch, model),
         }
         for label, (selector, sources) in selectors.items():
             if label != BACKBONE_LABEL:
@@ -162,17 +174,28 @@ def measure(st: Settings, device: torch.device, workdir: Path, log: Log) -> list
             once = partial(select_once, selector, batch, model, sources)
             backbone_times = interleaved({"b": once}, st.backbone_rounds, device, warmup=False)["b"]
         step_ms = summary(times["__step__"], 1e3)
+        forward_ms = summary(times["__forward__"], 1e3)
         for variant in SELECTOR_VARIANTS:
             label = variant.label
+            forwards = None
             if label == BACKBONE_LABEL:
                 samples = backbone_times or []
                 kept = build_selector(configs[label], 0).keep_count(n) / n
             else:
                 samples = times[label]
                 selector, sources = selectors[label]
-                kept = len(select_once(selector, batch, model, sources).positions) / n
+                view = BatchView(batch, model, sources)
+                kept = len(selector.select(batch, view).positions) / n
+                forwards = view.computed.get("logits", 0)
             row = {"model": model_name, "data": f"{like}-shaped", "B": n, "selector": label}
             rows.append(row | cost(summary(samples, 1e3), step_ms, kept))
+            if variant.loss_based:
+                rows[-1] |= {
+                    "loss_based": True,
+                    "forward_ms": forward_ms,
+                    "forwards": forwards,
+                    "select_vs_forward": rows[-1]["select_ms"]["median"] / forward_ms["median"],
+                }
             if label == BACKBONE_LABEL:
                 rows[-1]["note"] = f"{st.backbone} at {st.backbone_size}px, measured once"
         log(f"  selectors on {model_name}: step {step_ms['median']:.1f} ms")
@@ -202,7 +225,9 @@ def markdown(rows: list[dict[str, Any]]) -> list[str]:
         "`selector.select(batch, BatchView(...))` including the view's inference forward, vs one "
         "training step (forward, backward, SGD step) on the whole batch. JEST and RHO read "
         "precomputed reference losses. *pays off*: select/step < 1 - kept (step cost taken as "
-        "proportional to batch size).",
+        "proportional to batch size). For the selectors that read the learner's outputs: "
+        "*forwards*, the inference forwards their selection ran, and *select / forward*, their "
+        "time over one inference forward of the batch timed alone.",
         "",
     ]
     header = [
@@ -215,6 +240,8 @@ def markdown(rows: list[dict[str, Any]]) -> list[str]:
         "select / step",
         "kept",
         "pays off",
+        "forwards",
+        "select / forward",
         "note",
     ]
     cells = [
@@ -228,6 +255,8 @@ def markdown(rows: list[dict[str, Any]]) -> list[str]:
             f"{r['fraction_of_step']:.3f}",
             f"{r['kept_fraction']:.2f}",
             "-" if r["pays_off"] is None else ("yes" if r["pays_off"] else "no"),
+            r.get("forwards", "-"),
+            f"{r['select_vs_forward']:.2f}" if "select_vs_forward" in r else "-",
             r["note"],
         ]
         for r in rows
