@@ -72,7 +72,7 @@ class Settings:
             rounds=3,
         ),
         RunnerCase(
-            "ResNet-18, CIFAR-shaped", "resnet18", "cifar10", 32, images=64, augment=False, rounds=6
+            "ResNet-18, CIFAR-shaped", "resnet18", "cifar10", 32, images=64, augment=False, rounds=4
         ),
         RunnerCase(
             "ResNet-18, CIFAR-shaped + aug",
@@ -81,7 +81,7 @@ class Settings:
             32,
             images=64,
             augment=True,
-            rounds=6,
+            rounds=4,
         ),
     )
     plain_workers: tuple[int, ...] = (0, 2)
