@@ -40,14 +40,27 @@ def merged_with_earlier(
             merged.setdefault("errors", {})[section] = results["errors"][section]
         else:
             merged.get("errors", {}).pop(section, None)
-    merged["updated"] = {
+    update = {
         "sections": list(keys),
         "created": results["created"],
         "seconds": results["total_seconds"],
         "machine": results["machine"],
     }
+    merged["updates"] = [*earlier_updates(earlier, set(keys)), update]
+    merged.pop("updated", None)  # the one-update form of older files
     merged["sections"] = sorted(set(earlier.get("sections", [])) | set(keys))
     return merged
+
+
+def earlier_updates(earlier: dict[str, Any], rerun: set[str]) -> list[dict[str, Any]]:
+    """The earlier `--only` runs that still hold some sections' numbers, each with only those."""
+    updates = earlier.get("updates") or ([earlier["updated"]] if earlier.get("updated") else [])
+    kept = []
+    for u in updates:
+        sections = [s for s in u["sections"] if s not in rerun]
+        if sections:
+            kept.append({**u, "sections": sections})
+    return kept
 
 
 def header_markdown(results: dict[str, Any]) -> list[str]:
@@ -67,15 +80,16 @@ def header_markdown(results: dict[str, Any]) -> list[str]:
         "Times are medians of repeated runs with [first-third quartile]; ratios are taken round by "
         "round (both sides timed back to back) and summarised the same way.",
     ]
-    if results.get("updated"):
-        u = results["updated"]
+    for u in results.get("updates") or []:
         lines.append(
             f"Sections {', '.join(u['sections'])} re-run on {u['created']} on "
             f"{u['machine']['cpu']}, {u['machine']['cores']} cores, torch "
             f"{u['machine']['torch_threads']} thread(s) ({u['seconds']:.0f} s, "
             f"load average {u['machine'].get('load_average_start')} at start, "
-            f"{u['machine'].get('load_average_end')} at end); the others are from the run above."
+            f"{u['machine'].get('load_average_end')} at end)."
         )
+    if results.get("updates"):
+        lines.append("The other sections are from the run above.")
     lines += ["", "## Targets", ""]
     return lines + table(
         ["target", "required", "measured", "status"],

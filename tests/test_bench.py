@@ -199,6 +199,22 @@ def test_only_reruns_some_sections_and_keeps_the_others(tmp_path):
     assert main(["--quick", "--out", str(tmp_path), "--only", "selective"]) == 0
     merged = json.loads((tmp_path / "results.json").read_text())
     assert merged["saln_vs_algorithm1"] == first["saln_vs_algorithm1"]
-    assert merged["selective_backward"] and merged["updated"]["sections"] == ["selective"]
+    assert merged["selective_backward"] and merged["updates"][-1]["sections"] == ["selective"]
     assert set(merged["sections"]) == {"saln", "selective"}
     assert "re-run on" in (tmp_path / "results.md").read_text()
+
+
+def test_each_only_run_keeps_saying_which_sections_it_measured(tmp_path):
+    """Two `--only` runs after a first one: the header names both, each with its own sections,
+    and a section re-run again moves to the newer line."""
+    quick = ["--quick", "--out", str(tmp_path), "--only"]
+    assert main([*quick, "saln,selective"]) == 0
+    assert main([*quick, "selective"]) == 0
+    assert main([*quick, "saln"]) == 0
+    merged = json.loads((tmp_path / "results.json").read_text())
+    assert [u["sections"] for u in merged["updates"]] == [["selective"], ["saln"]]
+    header = (tmp_path / "results.md").read_text().split("## Targets")[0]
+    assert "Sections selective re-run on" in header and "Sections saln re-run on" in header
+    assert main([*quick, "selective"]) == 0
+    merged = json.loads((tmp_path / "results.json").read_text())
+    assert [u["sections"] for u in merged["updates"]] == [["saln"], ["selective"]]
