@@ -30,7 +30,7 @@ and only to the precision that separates the k-th from the (k+1)-th largest |v_i
   spectrum without a shift and too slowly with one. scipy's ARPACK (`eigsh`) finds the same
   vectors but to a fixed tolerance, which either over-solves or needs a second solve: on the same
   deflated float32 operator it took 1.3x as long at B = 1024 and 1.1x at B = 256 (d = 512), and
-  5x / 2.2x run to full precision for three eigenpairs, as it was used before.
+  5x / 2.2x asked for three eigenpairs to full precision.
 The solve runs with numpy's BLAS pinned to one thread (`single_blas_thread`).
 
 Signed cosine similarities can make L indefinite; the rule (second smallest eigenvalue) stays
