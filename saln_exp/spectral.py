@@ -55,9 +55,9 @@ log = logging.getLogger(__name__)
 
 # Below `dense_below(d)` rows the dense solve for 3 eigenpairs beats the Lanczos solve: the dense
 # cost grows as n^2 d + n^3, the Lanczos cost as n d per step with a few dozen steps and a fixed
-# Python cost per step. Crossover measured on 2 cores (docs/speed.md): about 120 rows at
-# d = 64, 130-160 at d = 512, 150 at d = 1024, 250-300 at d = 2048. Batches of 64 (the SALN
-# paper's) always take the dense solve.
+# Python cost per step. Crossover measured on 2 cores: about 120 rows at d = 64, 130-160 at
+# d = 512, 140-160 at d = 1024, 200-300 at d = 2048 (the two solves level in between). Batches
+# of 64 (the SALN paper's) always take the dense solve.
 DENSE_BELOW = 112
 # Lanczos steps before the first look at the Ritz pairs (each look costs a small tridiagonal
 # eigensolve and an n x steps product); then the next look comes when the residuals, shrinking
@@ -183,7 +183,7 @@ def _smallest_with_isolated(
 
 def dense_below(d: int) -> int:
     """Batches with fewer rows than this (features of width d) take the dense solve."""
-    return DENSE_BELOW + d // 12
+    return DENSE_BELOW + d // 24
 
 
 def dense_is_faster(n: int, d: int, k: int = 3) -> bool:
