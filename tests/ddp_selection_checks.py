@@ -35,5 +35,5 @@ assert kept.step_size == 7 and len(kept) == (4 if rank == 0 else 3)  # the step'
 assert torch.equal(kept.x, x[kept.positions])
 # DDP averages the ranks' means: weights W k_r / K make that the mean over the whole step
 assert torch.allclose(kept.weights, torch.full((len(kept),), 2 * len(kept) / 7))
-print(f"rank {rank} ok")
+print(f"rank {rank} ok", flush=True)  # one line per rank; the test matches it anywhere
 dist.destroy_process_group()
