@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
-from saln_exp.config import compose_config
+from saln_exp.config import compose_config, learner_recipe, plain
 from saln_exp.data import build_data
 from saln_exp.data.base import DataBundle
 from saln_exp.models import build_model
@@ -79,7 +79,11 @@ def run_context(
     cfg: DictConfig, data: DataBundle, model: nn.Module, device: torch.device
 ) -> RunContext:
     """What `Selector.prepare` gets in a run, with the caches under the run's paths."""
-    return RunContext(cfg, data, model, device, cfg.paths.cache_dir, cfg.paths.output_dir)
+    return RunContext(
+        data, model, device, cfg.paths.cache_dir, cfg.paths.output_dir,
+        epochs=int(cfg.trainer.epochs), eval_batch_size=int(cfg.eval.batch_size),
+        dataset=plain(cfg.dataset), learner=learner_recipe(cfg),
+    )  # fmt: skip
 
 
 def unseeded_context(workdir: Path, device: torch.device) -> RunContext:

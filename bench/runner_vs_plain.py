@@ -27,12 +27,13 @@ from bench.inputs import data_and_model, synthetic_config
 from bench.settings import Log, RunnerCase, Settings
 from bench.tables import ms, ratio, table
 from bench.timing import interleaved, round_ratios, summary
+from saln_exp.config import loop_settings
 from saln_exp.data.augment import assist_cifar_batched, assist_cifar_per_sample
 from saln_exp.data.base import BatchPipeline, DataBundle
 from saln_exp.metrics import evaluate_split
 from saln_exp.models import build_model
 from saln_exp.optim import build_optimizer
-from saln_exp.selectors import build_selector
+from saln_exp.train import build_selector
 from saln_exp.trainer import Trainer
 
 KEY = "runner_vs_plain"
@@ -80,10 +81,10 @@ def plain_epoch(
 
 def runner_epoch_fn(cfg, data: DataBundle, model: nn.Module, device: torch.device) -> Callable:
     """One training epoch of the runner, evaluation excluded."""
-    selector = build_selector(cfg.selector, int(cfg.seed))
+    selector = build_selector(cfg, int(cfg.seed), device)
     run_dir = Path(cfg.paths.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    trainer = Trainer(cfg, data, model, selector, run_dir, device, tracking=None)
+    trainer = Trainer(loop_settings(cfg), data, model, selector, run_dir, device, tracking=None)
     return trainer.train_epoch  # a real run's epochs, without their (untimed) evaluation
 
 

@@ -25,11 +25,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
-
-from omegaconf import DictConfig, OmegaConf
 
 from saln_exp.rundir import RunDirWriteError, atomic_write
 
@@ -56,15 +54,22 @@ def split_digest(split: Any) -> str:
     return digest.hexdigest()
 
 
+def plain(value: Any) -> Any:
+    """Nested mappings and sequences as dicts and lists: a key hashes the same whatever mapping
+    type (a config node, a dict) held the values."""
+    if isinstance(value, Mapping):
+        return {key: plain(item) for key, item in value.items()}
+    if isinstance(value, Sequence) and not isinstance(value, str | bytes):
+        return [plain(item) for item in value]
+    return value
+
+
 def dataset_content(
-    dataset_cfg: DictConfig | dict, split: Any = None, images_only: bool = False
+    dataset: Mapping[str, Any], split: Any = None, images_only: bool = False
 ) -> dict[str, Any]:
-    """What the dataset holds, as every cache key sees it (see the module docstring)."""
-    config = (
-        OmegaConf.to_container(dataset_cfg, resolve=True)
-        if isinstance(dataset_cfg, DictConfig)
-        else dict(dataset_cfg)
-    )
+    """What the dataset holds, as every cache key sees it (see the module docstring); `dataset`
+    is the dataset config group's keys."""
+    config = plain(dataset)
     dropped = NEVER_CONTENT + (SELECTS_OR_RELABELS if images_only else ())
     content: dict[str, Any] = {"config": {k: v for k, v in config.items() if k not in dropped}}
     if split is not None:

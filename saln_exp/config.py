@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import functools
+import os
 import re
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -23,6 +24,10 @@ from saln_exp.errors import ConfigError
 
 if TYPE_CHECKING:
     import torch
+
+    from saln_exp.fit import Recipe
+    from saln_exp.prune import PruneJob
+    from saln_exp.trainer import LoopSettings
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 SEED_LIMIT = 2**32
@@ -196,6 +201,7 @@ def check_values(cfg: DictConfig) -> None:
 def check_names(cfg: DictConfig) -> None:
     """The device, and every name a registry must know: dataset, model, selector (and its
     options: its constructor checks them), label noise, metric, pruning."""
+    from saln_exp import distributed
     from saln_exp.data import LOADERS
     from saln_exp.data.noise import NOISE_KINDS
     from saln_exp.models import model_class
@@ -209,7 +215,14 @@ def check_names(cfg: DictConfig) -> None:
             + did_you_mean(cfg.dataset.name, LOADERS)
         )
     model_class(cfg.model.name)
-    build_selector(cfg.selector, seed=0)
+    build_selector(plain(cfg.selector), seed=0)
+    # several processes: set up (WORLD), or about to be (torchrun's command line is checked first)
+    several = distributed.WORLD.active or int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if several and cfg.selector.scope == "local" and cfg.selector.accumulate:
+        raise ConfigError(
+            "selector.scope=local with selector.accumulate=true: ranks would step at "
+            "different times; use selector.scope=global"
+        )
     if cfg.dataset.label_noise.kind not in NOISE_KINDS:
         raise ConfigError(
             f"dataset.label_noise.kind must be one of {NOISE_KINDS}, got {cfg.dataset.label_noise.kind!r}"
@@ -218,4 +231,69 @@ def check_names(cfg: DictConfig) -> None:
         raise ConfigError(
             f"metric must look like test/acc, val/loss_q90 or ratio/acc, got {cfg.metric!r}"
         )
-    validate_prune(cfg)
+    validate_prune(plain(cfg.prune))
+
+
+# -- the config as the plain values the code below train.py takes ----------------------------------
+def plain(node: Any) -> Any:
+    """A config node as plain dicts and lists, interpolations resolved."""
+    return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
+
+
+def learner_recipe(cfg: DictConfig) -> Recipe:
+    """How the learner is trained: what a reference or scoring model defaults to."""
+    from saln_exp.fit import Recipe  # imports torch: only a run needs it
+
+    return Recipe(
+        model=plain(cfg.model),
+        optimizer=plain(cfg.optimizer),
+        batch_size=int(cfg.dataset.batch_size),
+        seed=int(cfg.seed),
+    )
+
+
+def prune_job(cfg: DictConfig) -> PruneJob:
+    from saln_exp.prune import PruneJob
+
+    return PruneJob(
+        options=plain(cfg.prune),
+        learner=learner_recipe(cfg),
+        dataset=plain(cfg.dataset),
+        cache_dir=str(cfg.paths.cache_dir),
+        eval_batch_size=int(cfg.eval.batch_size),
+        progress=bool(cfg.trainer.get("progress", False)),
+    )
+
+
+def loop_settings(cfg: DictConfig) -> LoopSettings:
+    """What the training loop reads, read once, typed, with their defaults in one place."""
+    from saln_exp.trainer import LoopSettings  # the loop's module is heavy; only a run needs it
+
+    trainer, every = cfg.trainer, cfg.trainer.get("checkpoint_every_steps")
+    subset = cfg.eval.get("train_subset")
+    batch_size = int(cfg.dataset.batch_size)
+    return LoopSettings(
+        epochs=int(trainer.epochs),
+        batch_size=batch_size,
+        candidate_batch_size=int(cfg.selector.get("candidate_batch_size") or batch_size),
+        precision=str(trainer.get("precision", "fp32")),
+        compile=bool(trainer.get("compile")),
+        channels_last=bool(trainer.get("channels_last")),
+        progress_bar=bool(trainer.get("progress", True)),
+        log_every_steps=int(trainer.get("log_every_steps", 10)),
+        checkpoint=bool(trainer.get("checkpoint", True)),
+        checkpoint_every_steps=int(every) if every else None,
+        example_batch=int(trainer.get("example_batch", 0)),
+        eval_batch_size=int(cfg.eval.batch_size),
+        train_subset=None if subset is None else int(subset),
+        seed=int(cfg.seed),
+        split_seed=int(cfg.dataset.split_seed),
+        label_noise=cfg.dataset.label_noise.rate > 0,
+        selector_name=str(cfg.selector.name),
+        optimizer=plain(cfg.optimizer),
+        scheduler=plain(cfg.scheduler),
+        learner=learner_recipe(cfg),
+        dataset=plain(cfg.dataset),
+        cache_dir=str(cfg.paths.cache_dir),
+        config=plain(cfg),
+    )

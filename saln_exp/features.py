@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 import torchvision
-from omegaconf import DictConfig
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
@@ -57,15 +58,19 @@ def build_backbone(name: str, weights: str | None, download: bool) -> nn.Module:
 
 
 def cache_key(
-    data: DataBundle, dataset_cfg: DictConfig, backbone: str, weights: str | None, size: int | None
+    data: DataBundle,
+    dataset: Mapping[str, Any],
+    backbone: str,
+    weights: str | None,
+    size: int | None,
 ) -> str:
     """The images (not the split or the labels) and which rows are extracted: a pruned training
     split extracts fewer rows, and its file must never serve a run that needs the others."""
     rows = torch.cat([s.indices for s in (data.train, data.val) if s is not None]).sort().values
-    content = dataset_content(dataset_cfg, images_only=True)
+    content = dataset_content(dataset, images_only=True)
     content["rows"] = hashlib.sha1(rows.cpu().numpy().tobytes()).hexdigest()
     recipe = {"backbone": backbone, "weights": weights, "size": size}
-    return f"{dataset_cfg.name}_{backbone}_{weights}_{size}_{fingerprint(content, recipe)}"
+    return f"{dataset['name']}_{backbone}_{weights}_{size}_{fingerprint(content, recipe)}"
 
 
 @torch.inference_mode()
@@ -123,7 +128,7 @@ class FeatureStore:
     def load_or_extract(
         cls,
         data: DataBundle,
-        dataset_cfg: DictConfig,
+        dataset: Mapping[str, Any],
         cache_dir: str,
         backbone: str,
         weights: str | None,
@@ -132,7 +137,7 @@ class FeatureStore:
         download: bool = False,
         batch_size: int = 128,
     ) -> FeatureStore:
-        key = cache_key(data, dataset_cfg, backbone, weights, size)
+        key = cache_key(data, dataset, backbone, weights, size)
         path = Path(cache_dir) / "features" / f"{key}.pt"
 
         def load(file: Path) -> Tensor:

@@ -5,17 +5,29 @@ learner's loop is saln_exp/trainer.py."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from omegaconf import OmegaConf
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from saln_exp.data.base import DataBundle, Split
 from saln_exp.errors import NonFiniteLossError
 from saln_exp.optim import build_optimizer
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How the learner is trained, as plain values: what an auxiliary model (the reference model
+    of JEST / RHO-LOSS, pruning's scoring models) is trained with where its own options say
+    nothing. `model` and `optimizer` are their config groups' keys."""
+
+    model: dict[str, Any]
+    optimizer: dict[str, Any]
+    batch_size: int
+    seed: int
 
 
 def fit(
@@ -35,7 +47,7 @@ def fit(
     every training batch's own predictions (forgetting events are counted from them)."""
     device = split.targets.device
     positions = torch.arange(len(split), device=device) if positions is None else positions
-    optimizer = build_optimizer(OmegaConf.create(settings["optimizer"]), model.parameters())
+    optimizer = build_optimizer(settings["optimizer"], model.parameters())
     bs = settings["batch_size"]
 
     def epoch_batches(epoch: int) -> Iterator[tuple[Tensor, Tensor, Tensor]]:

@@ -1,19 +1,20 @@
-"""Optimizer and learning-rate scheduler from their config groups (`_partial_` targets)."""
+"""Optimizer and learning-rate scheduler from their config groups' plain values (`_partial_`
+targets, instantiated by Hydra's `instantiate`, which takes a plain dict)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
 
 
-def build_optimizer(cfg: DictConfig, params) -> torch.optim.Optimizer:
-    options = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "name"])
-    return instantiate(options)(params)
+def build_optimizer(options: Mapping[str, Any], params) -> torch.optim.Optimizer:
+    return instantiate({k: v for k, v in options.items() if k != "name"})(params)
 
 
-def build_scheduler(cfg: DictConfig, optimizer: torch.optim.Optimizer):
-    if cfg.get("_target_") is None:
+def build_scheduler(options: Mapping[str, Any], optimizer: torch.optim.Optimizer):
+    if options.get("_target_") is None:
         return None
-    options = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "name"])
-    return instantiate(options)(optimizer)
+    return instantiate({k: v for k, v in options.items() if k != "name"})(optimizer)

@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
-from omegaconf import OmegaConf
 from torch import Tensor, nn
 
 from saln_exp import rng
@@ -37,7 +36,9 @@ log = logging.getLogger(__name__)
 
 def reference_settings(ctx: RunContext, options: dict[str, Any]) -> dict[str, Any]:
     """The reference model's full recipe, with the learner's choices as defaults."""
-    cfg = ctx.cfg
+    learner = ctx.learner
+    if learner is None:
+        raise ValueError("a reference model is trained from the learner's recipe (ctx.learner)")
     split = options.get("split", "auto")
     if split == "auto":
         split = "val" if ctx.data.val is not None else "train"
@@ -49,12 +50,11 @@ def reference_settings(ctx: RunContext, options: dict[str, Any]) -> dict[str, An
         raise ConfigError(f"selector.reference.split must be auto, val or train, got {split!r}")
     return {
         "split": split,
-        "model": options.get("model") or OmegaConf.to_container(cfg.model, resolve=True),
-        "optimizer": options.get("optimizer")
-        or OmegaConf.to_container(cfg.optimizer, resolve=True),
+        "model": options.get("model") or learner.model,
+        "optimizer": options.get("optimizer") or learner.optimizer,
         "epochs": int(options.get("epochs", 10)),
-        "batch_size": int(options.get("batch_size") or cfg.dataset.batch_size),
-        "seed": int(cfg.seed),
+        "batch_size": int(options.get("batch_size") or learner.batch_size),
+        "seed": int(learner.seed),
     }
 
 
@@ -94,9 +94,7 @@ class ReferenceLosses:
         if ctx.data.augmented:
             return cls(model, None, None, ctx.autocast)
         train = ctx.data.train
-        losses, _, _ = per_sample_outputs(
-            model, train, ctx.data.pipeline, int(ctx.cfg.eval.batch_size)
-        )
+        losses, _, _ = per_sample_outputs(model, train, ctx.data.pipeline, ctx.eval_batch_size)
         by_index = torch.zeros(len(ctx.data.noisy), device=ctx.device)
         targets = torch.full((len(ctx.data.noisy),), -1, dtype=torch.long, device=ctx.device)
         by_index[train.indices] = losses
@@ -106,9 +104,9 @@ class ReferenceLosses:
     @staticmethod
     def load_or_train(ctx: RunContext, options: dict[str, Any]) -> nn.Module:
         settings = reference_settings(ctx, options)
-        model = build_model(
-            OmegaConf.create(settings["model"]), ctx.data.in_shape, ctx.data.num_classes
-        ).to(ctx.device)
+        model = build_model(settings["model"], ctx.data.in_shape, ctx.data.num_classes).to(
+            ctx.device
+        )
         checkpoint = options.get("checkpoint")
         if checkpoint:
             if not Path(checkpoint).exists():
@@ -122,7 +120,7 @@ class ReferenceLosses:
                 ) from None
             return model.eval()
         split = ctx.data.val if settings["split"] == "val" else ctx.data.train
-        key = fingerprint(dataset_content(ctx.cfg.dataset, split), settings)
+        key = fingerprint(dataset_content(ctx.dataset, split), settings)
         path = Path(ctx.cache_dir) / "reference" / f"{key}.pt"
 
         def load(file: Path) -> nn.Module:

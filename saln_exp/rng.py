@@ -36,6 +36,15 @@ STREAM_OFFSETS = {
 }
 
 
+def add_stream(stream: str, offset: int) -> None:
+    """The named stream of a module that registers itself (a pruning method's scoring models):
+    its offset is fixed once, and two modules cannot claim one name with different offsets."""
+    if STREAM_OFFSETS.setdefault(stream, int(offset)) != int(offset):
+        raise ValueError(
+            f"random stream {stream!r} has offset {STREAM_OFFSETS[stream]}, not {offset}"
+        )
+
+
 def stream_seed(seed: int, stream: str) -> int:
     """The seed of a named stream; an unknown name is a programming error, never a silent 0."""
     if stream not in STREAM_OFFSETS:

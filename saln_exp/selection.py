@@ -24,16 +24,14 @@ from __future__ import annotations
 
 import difflib
 import inspect
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import nullcontext
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
-from types import SimpleNamespace
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 import yaml
-from omegaconf import OmegaConf
 from torch import Tensor, nn
 from torch.utils.data import Dataset, Sampler
 
@@ -57,7 +55,10 @@ from saln_exp.selectors.accumulate import Accumulator
 
 CONF = PROJECT_ROOT / "conf"
 # keywords of `make` that are not the selector's YAML keys (some only where they apply)
-API_OPTIONS = ("batch_size", "head")
+API_OPTIONS = ("batch_size", "head", "autocast")
+# `pretrained_features=` this: the features are extracted by `prepare(ctx)` with the selector's
+# `backbone` options, as saln-train does
+FROM_BACKBONE = "backbone"
 
 
 # -- building --------------------------------------------------------------------------------------
@@ -76,7 +77,13 @@ def make(name: str, **options: Any) -> BatchSelector:
     features by dataset index or a callable `index -> features`; `head=` the `nn.Linear` whose
     input is the learner's penultimate features (only where the model makes that ambiguous);
     `batch_size=` the optimizer step's size for staging selectors (default: the size of the
-    first candidate batch). Unknown names and options raise one ValueError naming the closest."""
+    first candidate batch); `autocast=` a context-manager factory the learner's scoring forward
+    runs under (the runner's mixed precision). Unknown names and options raise one ValueError
+    naming the closest.
+
+    The runner's forms, built by `prepare(ctx)` before training: `reference=` a dict, the
+    YAML's `reference:` recipe (the reference model is trained or loaded from it), and
+    `pretrained_features="backbone"` (extracted with the `backbone` options)."""
     if name not in available():
         raise ValueError(_unknown(f"no selector {name!r}", name, available()))
     settings = defaults(name)
@@ -92,15 +99,26 @@ def make(name: str, **options: Any) -> BatchSelector:
     reference = settings.pop("reference", None) if "reference" in accepted else None
     pretrained = settings.pop("pretrained_features", None)
     batch_size, head = settings.pop("batch_size", None), settings.pop("head", None)
+    autocast = settings.pop("autocast", None) or nullcontext
+    recipes: list[str] = []  # the runner's forms: what prepare(ctx) builds
+    if isinstance(reference, Mapping) and "reference" in options:
+        settings["reference"] = dict(reference)
+        recipes.append("reference")
+    if pretrained == FROM_BACKBONE and settings.get("features") == "pretrained":
+        recipes.append("pretrained_features")
     try:
         selector = cls(**settings)
     except ConfigError as err:
         raise ValueError(str(err)) from None
-    sources = ViewSources(
-        reference_losses=_reference_losses(name, reference) if "reference" in accepted else None,
-        pretrained_features=_pretrained_features(name, settings.get("features"), pretrained),
-    )
-    return BatchSelector(name, selector, sources, batch_size, head, int(settings.get("seed", 0)))
+    sources = ViewSources()
+    if "reference" in accepted and "reference" not in recipes:
+        sources.reference_losses = _reference_losses(name, reference)
+    if "pretrained_features" not in recipes:
+        sources.pretrained_features = _pretrained_features(
+            name, settings.get("features"), pretrained
+        )
+    seed = int(settings.get("seed", 0))
+    return BatchSelector(name, selector, sources, batch_size, head, seed, autocast, recipes)
 
 
 def defaults(name: str) -> dict[str, Any]:
@@ -226,13 +244,18 @@ class BatchSelector:
         batch_size: int | None,
         head: nn.Module | None,
         seed: int,
+        autocast: Callable[[], AbstractContextManager] = nullcontext,
+        recipes: Iterable[str] = (),
     ):
         self.name = name
         self.selector = selector
         self.sources = sources
         self.batch_size = None if batch_size is None else int(batch_size)
         self.head = head
+        self.autocast = autocast
+        self.recipes = tuple(recipes)  # sources `prepare` has still to build
         self.accumulator: Accumulator | None = None
+        self._last: tuple[Selection, Batch, BatchView] | None = None  # of the last `select`
         self.epochs_started = 0
         self.order_generator = rng.generator(seed, "epoch_order")  # the runner's epoch order
 
@@ -252,6 +275,39 @@ class BatchSelector:
         """The selector chooses each epoch's samples: iterate the data with `sampler(...)`."""
         return type(self.selector).epoch_positions is not Selector.epoch_positions
 
+    @property
+    def per_rank(self) -> bool:
+        """Under DDP with scope="local": each rank chose within its own share of the batch."""
+        return self.selector.scope == "local" and distributed.adopt_process_group().active
+
+    @property
+    def overflow(self) -> int:
+        """Kept samples a staging selector discarded so far because the staged batch was full."""
+        return 0 if self.accumulator is None else self.accumulator.overflow
+
+    @property
+    def staged(self) -> int:
+        """Kept samples a staging selector holds for its next step."""
+        return 0 if self.accumulator is None else self.accumulator.count
+
+    def prepare(self, ctx: RunContext) -> None:
+        """The one-time work before training that saln-train does (a loop of your own needs it
+        only where it gave `make` the runner's forms): the selector's `prepare`, which trains or
+        loads the reference model of a `reference={...}` recipe, extracts
+        `pretrained_features="backbone"` and makes the device's choices (SALN's solver). The
+        sources given to `make` stay as they were."""
+        prepared = self.selector.prepare(ctx)
+        given = self.sources
+        self.sources = ViewSources(
+            pretrained_features=given.pretrained_features
+            if given.pretrained_features is not None
+            else prepared.pretrained_features,
+            reference_losses=given.reference_losses
+            if given.reference_losses is not None
+            else prepared.reference_losses,
+        )
+        self.recipes = ()
+
     def select(self, model: nn.Module, x: Tensor, y: Tensor, index: Tensor) -> Kept:
         """Choose from the candidate batch (x, y) whose dataset indices are `index`.
 
@@ -260,27 +316,54 @@ class BatchSelector:
         on every rank) and receives its share of the step; `scope` decides who selects what."""
         world = distributed.adopt_process_group()
         self._require_epoch()
+        if self.recipes:
+            raise ValueError(
+                f"selector {self.name!r} was given the runner's form of {' and '.join(self.recipes)}: "
+                "call sel.prepare(ctx) before select, or pass what make()'s docstring names"
+            )
         batch = Batch(torch.as_tensor(index).to(y.device), x, y)
         learner = _Learner.of(model, self.head, self.name)
         if world.active:
             _check_same_batch(batch)
             if self.selector.scope == "local":
                 return self._select_local(batch, learner)
-        view = _View(batch, learner, self.sources, shard=True)
+        view = _View(batch, learner, self.sources, self.autocast, shard=True)
         selection = self.selector.select(batch, view, accumulating=self.stages)
         kept = batch if len(selection.positions) == len(batch) else batch.take(selection.positions)
         if selection.weights is not None:
             kept = Batch(kept.index, kept.x, kept.y, selection.weights)
         positions = selection.positions
+        self._last = (selection, batch, view)
         step = self._stage(kept, len(batch)) if self.stages else kept
         if step is None:
             return self._kept(positions, batch.take(positions[:0]), 0, selection, batch, view)
-        total = len(step)
-        if world.active:  # every rank trains its contiguous share of the step
+        return self._share(step, positions, selection, batch, view)
+
+    def next_step(self, epoch_end: bool = False, run_end: bool = False) -> Kept:
+        """After `select`, another step a staging selector has ready: carried samples that fill
+        a further step, and with `epoch_end` / `run_end` (that `select` was the epoch's / the
+        run's last candidate batch) what is staged then, as the runner trains it
+        (selectors.md, "Accumulation"). Falsy when there is none: call it until then. Always
+        falsy for selectors that do not stage."""
+        if self._last is None:
+            raise ValueError("next_step() follows a select() call")
+        selection, candidates, view = self._last
+        step = None
+        if self.accumulator is not None:
+            step = self.accumulator.ready(epoch_end=epoch_end, run_end=run_end)
+        none = selection.positions[:0]  # this candidate batch added nothing to these steps
+        if step is None:
+            return self._kept(none, candidates.take(none), 0, selection, candidates, view)
+        return self._share(step, none, selection, candidates, view)
+
+    def _share(self, step: Batch, positions: Tensor, selection, candidates, view) -> Kept:
+        """The step's Kept; under DDP every rank trains its contiguous share of the step."""
+        world, total = distributed.WORLD, len(step)
+        if world.active:
             share = world.share(total)
             step = step.take(torch.arange(total, device=step.y.device)[share])
             positions = positions if self.stages else positions[share]
-        return self._kept(positions, step, total, selection, batch, view)
+        return self._kept(positions, step, total, selection, candidates, view)
 
     def _select_local(self, batch: Batch, learner: nn.Module) -> Kept:
         """scope="local": this rank selects within its share and trains what it kept."""
@@ -291,8 +374,9 @@ class BatchSelector:
             )
         share = distributed.WORLD.share(len(batch))
         mine = batch.take(torch.arange(len(batch), device=batch.y.device)[share])
-        view = _View(mine, learner, self.sources)
+        view = _View(mine, learner, self.sources, self.autocast)
         selection = self.selector.select(mine, view, accumulating=False)
+        self._last = (selection, mine, view)
         step = mine.take(selection.positions)
         if selection.weights is not None:
             step = Batch(step.index, step.x, step.y, selection.weights)
@@ -304,7 +388,7 @@ class BatchSelector:
         if self.accumulator is None:  # the runner's step size: the batch size of its loader
             self.accumulator = self._accumulator(self.batch_size or n_candidates)
         self.accumulator.add(kept)
-        return self.accumulator.ready()  # one step per call; anything more waits for the next
+        return self.accumulator.ready()  # one step; `next_step` gives any other
 
     def _accumulator(self, size: int) -> Accumulator:
         return Accumulator(size, self.selector.overflow_rule)
@@ -424,30 +508,11 @@ class EpochSampler(Sampler[int]):
                       torch.arange(self.size, device=device))  # fmt: skip
         data = DataBundle("own_loop", train, None, train, 0, None, torch.zeros(self.size, dtype=torch.bool))  # type: ignore[arg-type]  # fmt: skip
         return RunContext(
-            cfg=_LoopFacts(self.selector.name, self.epochs), data=data, model=model,
-            device=device, cache_dir="", run_dir="",
+            data=data, model=model, device=device, cache_dir="", run_dir="",
             train_outputs=_LoaderOutputs(self.selector.name, self.eval_loader),  # type: ignore[arg-type]
+            epochs=self.epochs,
+            eval_batch_size=0,  # the eval loader has its own batch size
         )  # fmt: skip
-
-
-class _LoopFacts:
-    """What epoch-level selectors read from the runner's config (`trainer.epochs`,
-    `eval.batch_size`), from the sampler's arguments; one that is missing is named."""
-
-    def __init__(self, name: str, epochs: int | None):
-        self.name, self.epochs = name, epochs
-
-    @property
-    def trainer(self) -> Any:
-        if self.epochs is None:
-            raise ValueError(
-                f"selector {self.name!r} needs the run's length: pass epochs= to sampler()"
-            )
-        return SimpleNamespace(epochs=int(self.epochs))
-
-    @property
-    def eval(self) -> Any:
-        return SimpleNamespace(batch_size=0)  # the eval loader has its own batch size
 
 
 class _LoaderOutputs:
@@ -600,8 +665,8 @@ def train_reference(
     Returns the model in eval mode: pass it as `make(..., reference=model)`."""
     device = next(model.parameters()).device
     if optimizer is None:
-        recipe = OmegaConf.load(CONF / "optimizer" / "sgd.yaml")
-        optimizer = build_optimizer(recipe, model.parameters())  # type: ignore[arg-type]
+        recipe = yaml.safe_load((CONF / "optimizer" / "sgd.yaml").read_text())
+        optimizer = build_optimizer(recipe, model.parameters())
 
     def epoch_batches(epoch: int) -> Iterator[tuple[None, Tensor, Tensor]]:
         for x, y, *_ in loader:

@@ -23,10 +23,10 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
-from saln_exp import distributed, rng
+from saln_exp import distributed, rng, selection
 from saln_exp.checkpoint import Checkpoints, check_same_run, differences
 from saln_exp.cli import main  # `python -m saln_exp.train` (torchrun) is the same command
-from saln_exp.config import resolve_device, validate
+from saln_exp.config import loop_settings, plain, prune_job, resolve_device, validate
 from saln_exp.console import print_run_summary
 from saln_exp.data import build_data, shape_of
 from saln_exp.data.stream import worker_deaths_reported
@@ -37,11 +37,11 @@ from saln_exp.prune import prune_dataset
 from saln_exp.prune import shrink_for_smoke as shrink_pruning_for_smoke
 from saln_exp.resume import how_to_resume, resume_command
 from saln_exp.rundir import CHECKPOINT, METRICS, STATUS, SUMMARY, RunDirBusyError, RunFiles
-from saln_exp.selectors import build_selector, selector_class
+from saln_exp.selectors import selector_class
 from saln_exp.stop import Interrupted, stop_on_signals
 from saln_exp.sweep import CPUS_PER_TASK_ENV, Runtime, hydra_runtime, write_sweep_json
 from saln_exp.tracking import Tracking, git_commit
-from saln_exp.trainer import Trainer
+from saln_exp.trainer import Trainer, autocast_factory
 
 log = logging.getLogger("saln_exp")
 
@@ -70,7 +70,7 @@ def apply_smoke(cfg: DictConfig) -> None:
     The selector and the pruner shrink their own options (side models, downloads)."""
     if not cfg.get("smoke"):
         return
-    channels, size, classes = shape_of(cfg.dataset, str(cfg.paths.data_dir))
+    channels, size, classes = shape_of(plain(cfg.dataset), str(cfg.paths.data_dir))
     with open_dict(cfg):
         stand_in = {  # the real dataset's channels and classes, at most 32x32 (resnet18_imagenet's minimum)
             "name": "synthetic", "like": None, "n_train": 96, "n_test": 48, "noise": 1.0,
@@ -82,8 +82,10 @@ def apply_smoke(cfg: DictConfig) -> None:
         cfg.eval.batch_size = 64
         if cfg.model.get("pretrained"):  # no weights offline: the architecture is what is tested
             cfg.model.pretrained = False
-        selector_class(cfg.selector.name).shrink_for_smoke(cfg.selector)
-        shrink_pruning_for_smoke(cfg.prune)
+        selector, prune = plain(cfg.selector), plain(cfg.prune)
+        selector_class(selector["name"]).shrink_for_smoke(selector)
+        shrink_pruning_for_smoke(prune)
+        cfg.selector, cfg.prune = selector, prune
 
 
 @worker_deaths_reported()  # whichever line PyTorch's SIGCHLD handler raises at
@@ -98,21 +100,23 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     processes = f", rank {world.rank} of {world.size} processes" if world.active else ""
     log.info("run %s: %s + %s + %s on %s, %d torch thread(s) (%s)%s", run_dir, cfg.dataset.name,
              cfg.model.name, cfg.selector.name, device, threads, source, processes)  # fmt: skip
-    selector = build_selector(cfg.selector, seed)  # option errors surface before data is read
+    selector = build_selector(cfg, seed, device)  # option errors surface before data is read
+    paths = {"data_dir": str(cfg.paths.data_dir), "cache_dir": str(cfg.paths.cache_dir)}
     with rng.preserved(device):  # reading (or decoding) data moves no random stream
-        data = build_data(cfg.dataset, cfg.paths, device)
-    data, prune_record = prune_dataset(cfg, data, device, run_dir)
-    model = build_model(cfg.model, data.in_shape, data.num_classes).to(device)
+        data = build_data(plain(cfg.dataset), paths, device)
+    data, prune_record = prune_dataset(prune_job(cfg), data, device, run_dir)
+    model = build_model(plain(cfg.model), data.in_shape, data.num_classes).to(device)
     if cfg.trainer.get("channels_last"):
         model = model.to(memory_format=torch.channels_last)
     runtime = hydra_runtime()
+    settings = loop_settings(cfg)
     if not world.is_main:  # the same training, nothing written
-        trainer = Trainer(cfg, data, model, selector, run_dir, device, tracking=None)
+        trainer = Trainer(settings, data, model, selector, run_dir, device, tracking=None)
         trainer.fit()
         return {}
     tracking = Tracking(cfg, run_dir, name=runtime.run_name, group=runtime.group)
     try:
-        trainer = Trainer(cfg, data, model, selector, run_dir, device, tracking)
+        trainer = Trainer(settings, data, model, selector, run_dir, device, tracking)
         history = trainer.fit()
         summary = {
             "status": "completed",
@@ -130,7 +134,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
             **summarize(history, cfg.eval.get("target_acc")),
             **trainer.forgetting.summary(data.train.indices),
             **prune_record,
-            "config": _plain(cfg),
+            "config": plain(cfg),
         }
         tracking.log_run_images()
         tracking.complete(summary, final_checkpoint=Checkpoints(run_dir).latest)
@@ -143,10 +147,20 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
         raise
 
 
-def _plain(cfg: DictConfig) -> dict:
-    from omegaconf import OmegaConf
-
-    return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+def build_selector(cfg: DictConfig, seed: int, device: torch.device) -> selection.BatchSelector:
+    """The run's selector through the public selection API, as a loop of your own builds it,
+    with the runner's forms of what it prepares before training (`selection.make`): the
+    `reference` recipe and pretrained features extracted with its backbone options."""
+    options = plain(cfg.selector)
+    if options.get("features") == "pretrained":
+        options["pretrained_features"] = selection.FROM_BACKBONE
+    try:
+        return selection.make(
+            options.pop("name"), **options, seed=seed, batch_size=int(cfg.dataset.batch_size),
+            autocast=autocast_factory(device, str(cfg.trainer.get("precision", "fp32"))),
+        )  # fmt: skip
+    except ValueError as err:  # a wrong selector option: one line, as for any other key
+        raise ConfigError(str(err)) from None
 
 
 def set_threads(requested: int | None) -> tuple[int, str]:
@@ -176,7 +190,7 @@ def already_completed(cfg: DictConfig, files: RunFiles) -> dict | None:
     saved = summary.get("config")
     if summary.get("status") != "completed" or not isinstance(saved, dict):
         return None
-    current = _plain(cfg)
+    current = plain(cfg)
     if cfg.seed is None:  # `seed: null` drew one the first time
         current["seed"] = saved.get("seed")
     same_epochs = saved.get("trainer", {}).get("epochs") == current["trainer"]["epochs"]
@@ -191,7 +205,7 @@ def check_the_directory(cfg: DictConfig, files: RunFiles) -> None:
         if cfg.seed is None:  # `seed: null` drew one the first time; continue with it
             with open_dict(cfg):
                 cfg.seed = saved.get("seed")
-        check_same_run(saved, _plain(cfg), files.dir)
+        check_same_run(saved, plain(cfg), files.dir)
     elif files.holds_results():
         raise ConfigError(
             f"{files.dir} holds the results of an earlier run ({SUMMARY} or {METRICS}) and no "

@@ -1,9 +1,12 @@
 """The training loop: candidate batch -> selector -> (accumulate) -> optimizer step.
 
-One loop for every selector. What differs between selectors lives in the selector (`select`,
-`prepare`, `epoch_positions`); the loop never asks which selector it runs. Everything needed to
-continue a run (weights, optimizer, RNG streams, accumulation buffer, counters, metrics so far) is
-checkpointed atomically, so a killed run resumes to the same numbers it would have produced.
+One loop for every selector, and for one process or several: it calls the public selection API
+(saln_exp/selection.py, what a user's own loop calls) and trains on what `select` keeps. What
+differs between selectors lives in the selector; the loop never asks which selector it runs, and
+several processes change what each computes (the selector's scope), not which functions run.
+Everything needed to continue a run (weights, optimizer, RNG streams, accumulation buffer,
+counters, metrics so far) is checkpointed atomically, so a killed run resumes to the same
+numbers it would have produced.
 
 What the loop hands off: the epoch's metrics row to epoch_metrics.py, the counters and random
 streams a checkpoint holds to trainer_state.py, the paper artifacts to run_artifacts.py.
@@ -24,11 +27,10 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from saln_exp import distributed, rng, stop
+from saln_exp import distributed, stop
 from saln_exp.checkpoint import Checkpoints, check_same_run
 from saln_exp.data.base import DataBundle
 from saln_exp.epoch_metrics import (
@@ -38,15 +40,16 @@ from saln_exp.epoch_metrics import (
     selection_diagnostics,
     train_eval_positions,
 )
-from saln_exp.errors import ConfigError, NonFiniteLossError
+from saln_exp.errors import NonFiniteLossError
+from saln_exp.fit import Recipe
 from saln_exp.forgetting import ForgettingTracker
 from saln_exp.metrics import SplitOutputs, Timers
 from saln_exp.optim import build_optimizer, build_scheduler
 from saln_exp.run_artifacts import save_final_layer, save_forgetting, save_selection_example
-from saln_exp.selectors import Batch, BatchView, RunContext, Selector, ViewSources
-from saln_exp.selectors.accumulate import Accumulator
+from saln_exp.selection import BatchSelector, Kept
+from saln_exp.selectors import Batch, RunContext
 from saln_exp.tracking import Tracking
-from saln_exp.trainer_state import Progress, restore_rng_state, rng_state
+from saln_exp.trainer_state import Progress, restore_rng_state, rng_state, selection_state
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +64,8 @@ def autocast_factory(device: torch.device, precision: str):
 
 @dataclass(frozen=True)
 class LoopSettings:
-    """The config values the loop reads, read once, typed, with their defaults in one place."""
+    """What the loop reads of the run's config, as plain values (saln_exp.config.loop_settings
+    turns the Hydra config into them)."""
 
     epochs: int
     batch_size: int  # of an optimizer step (what accumulation fills up to)
@@ -79,60 +83,37 @@ class LoopSettings:
     seed: int
     split_seed: int
     label_noise: bool
-    lr: float | None  # only quoted when the loss diverges
     selector_name: str
+    optimizer: dict[str, Any]  # the optimizer group's keys (a `_partial_` target)
+    scheduler: dict[str, Any]  # the scheduler group's keys
+    learner: Recipe  # how the learner is trained: a reference model's defaults
+    dataset: dict[str, Any]  # the dataset group's keys: what caches are keyed by
+    cache_dir: str
+    # the run's whole resolved config: checkpoints record it, to refuse a changed resume
+    config: dict[str, Any]
 
-    @classmethod
-    def from_config(cls, cfg: DictConfig, selector: Selector) -> LoopSettings:
-        trainer, every = cfg.trainer, cfg.trainer.get("checkpoint_every_steps")
-        subset = cfg.eval.get("train_subset")
-        return cls(
-            epochs=int(trainer.epochs),
-            batch_size=int(cfg.dataset.batch_size),
-            candidate_batch_size=selector.candidate_batch_size or int(cfg.dataset.batch_size),
-            precision=str(trainer.get("precision", "fp32")),
-            compile=bool(trainer.get("compile")),
-            channels_last=bool(trainer.get("channels_last")),
-            progress_bar=bool(trainer.get("progress", True)),
-            log_every_steps=int(trainer.get("log_every_steps", 10)),
-            checkpoint=bool(trainer.get("checkpoint", True)),
-            checkpoint_every_steps=int(every) if every else None,
-            example_batch=int(trainer.get("example_batch", 0)),
-            eval_batch_size=int(cfg.eval.batch_size),
-            train_subset=None if subset is None else int(subset),
-            seed=int(cfg.seed),
-            split_seed=int(cfg.dataset.split_seed),
-            label_noise=cfg.dataset.label_noise.rate > 0,
-            lr=cfg.optimizer.get("lr"),
-            selector_name=str(cfg.selector.name),
-        )
+    @property
+    def lr(self) -> float | None:  # only quoted when the loss diverges
+        return self.optimizer.get("lr")
 
 
 class Trainer:
     def __init__(
         self,
-        cfg: DictConfig,
+        settings: LoopSettings,
         data: DataBundle,
         model: nn.Module,
-        selector: Selector,
+        selector: BatchSelector,
         run_dir: str | Path,
         device: torch.device,
         tracking: Tracking | None = None,
     ):
-        # The loop reads `settings`; the whole config is kept only for those who take it whole:
-        # selectors (through `ctx`) and checkpoints, which record it to refuse a changed resume.
-        self.cfg = cfg
-        self.settings = s = LoopSettings.from_config(cfg, selector)
+        self.settings = s = settings
         self.data = data
         self.model = model
         # several processes (saln_exp.distributed): the training step runs through
         # DistributedDataParallel; everything else uses the module itself
         self.world = world = distributed.WORLD
-        if world.active and selector.scope == "local" and selector.accumulate:
-            raise ConfigError(
-                "selector.scope=local with selector.accumulate=true: ranks would step at "
-                "different times; use selector.scope=global"
-            )
         train_module: nn.Module = model
         if world.active:
             ids = [device.index] if device.type == "cuda" else None
@@ -141,38 +122,36 @@ class Trainer:
         # view use the module itself, so state_dict keys never depend on `trainer.compile`
         # (nor on the number of processes)
         self.train_forward = torch.compile(train_module) if s.compile else train_module
-        self.selector = selector
+        self.sel = selector  # staging, epoch order and the selector's state live in it
         self.run_dir = Path(run_dir)
         self.device = device
         self.tracking = tracking
 
-        self.optimizer = build_optimizer(cfg.optimizer, model.parameters())
-        self.scheduler = build_scheduler(cfg.scheduler, self.optimizer)
+        self.optimizer = build_optimizer(s.optimizer, model.parameters())
+        self.scheduler = build_scheduler(s.scheduler, self.optimizer)
         self.autocast = autocast_factory(device, s.precision)
         fp16_on_cuda = s.precision == "fp16" and device.type == "cuda"
         self.scaler = torch.amp.GradScaler(device.type, enabled=fp16_on_cuda)
-        self.accumulator = (
-            Accumulator(s.batch_size, selector.overflow_rule) if selector.accumulate else None
-        )
         self.forgetting = ForgettingTracker(len(data.noisy), device)  # keyed by source-train index
         self.timers = Timers(sync=device.type == "cuda")
-        self.data_generator = rng.generator(s.seed, "epoch_order")
         self.progress = Progress()
         # loss sum, correct count, forgetting events of the batches since the last `flush`
         sums_dtype = torch.float32 if device.type == "mps" else torch.float64  # mps has no float64
         self.pending = torch.zeros(3, dtype=sums_dtype, device=device)
         self.checkpoints = Checkpoints(self.run_dir)
         self.ctx = RunContext(
-            cfg=cfg,
             data=data,
             model=model,
             device=device,
-            cache_dir=str(cfg.paths.cache_dir),
+            cache_dir=s.cache_dir,
             run_dir=str(self.run_dir),
             autocast=self.autocast,
             train_outputs=SplitOutputs(shard=world.active),
+            epochs=s.epochs,
+            eval_batch_size=s.eval_batch_size,
+            dataset=s.dataset,
+            learner=s.learner,
         )
-        self.sources = ViewSources()
         self.train_eval_positions = train_eval_positions(
             len(data.train), s.train_subset, s.split_seed, device
         )
@@ -186,7 +165,7 @@ class Trainer:
         # apart from per-batch selection: it is cached across runs, so folding it into
         # time/select_s would make a run's time depend on which run of a sweep came first.
         with self.timers("prepare"):
-            self.sources = self.selector.prepare(self.ctx)
+            self.sel.prepare(self.ctx)
         if not resumed and self.tracking is not None:
             self.tracking.files.rewrite_metrics([])
         with stop.deferred():  # a signal stops the run after a batch, with a checkpoint
@@ -260,18 +239,18 @@ class Trainer:
 
     # -- one epoch ---------------------------------------------------------------------------------
     def start_epoch(self) -> None:
-        """Draw the epoch's sample order (over the selector's epoch positions, if it has any)."""
+        """Draw the epoch's sample order (over the selector's epoch positions, if it has any)
+        from the selector's epoch-order stream, as its `sampler` does in a loop of your own."""
         p = self.progress
         with self.timers("select"):
-            self.selector.start_epoch()
-            positions = self.selector.epoch_positions(self.ctx)
+            positions = self.sel.start_epoch(self.ctx)
         if positions is None:
             positions = torch.arange(len(self.data.train))
         positions = positions.cpu()
-        p.order = positions[torch.randperm(len(positions), generator=self.data_generator)]
+        p.order = positions[torch.randperm(len(positions), generator=self.sel.order_generator)]
         p.cursor = 0
         p.epoch_stats = EpochStats()
-        p.overflow_at_epoch_start = self.accumulator.overflow if self.accumulator else 0
+        p.overflow_at_epoch_start = self.sel.overflow
 
     def progress_bar(self, n_batches: int) -> tqdm:
         return tqdm(
@@ -291,159 +270,98 @@ class Trainer:
         `inputs` yields its model inputs (`pipeline.batches` over the epoch's batches); `last`:
         the epoch's last candidate batch (where accumulation may train a smaller step)."""
         train, s, p = self.data.train, self.settings, self.progress
-        stats = p.epoch_stats
         with self.timers("train"):  # reading and augmenting the batch is part of training
             # several processes: every rank reads the whole candidate batch (the same augmented
-            # tensors, from the same random streams); only forwards and backwards are shared out
+            # tensors, from the same random streams); the selector shares the work out
             batch = Batch(train.indices[positions], next(inputs), train.targets[positions])
             if s.channels_last and batch.x.dim() == 4:
                 batch.x = batch.x.contiguous(memory_format=torch.channels_last)
-        if self.world.active and self.selector.scope == "local":
-            self.candidate_batch_local(batch)
-            return
         with self.timers("select"):
-            view = BatchView(batch, self.model, self.sources, self.autocast, shard=True)
-            selection = self.selector.select(batch, view, accumulating=self.accumulator is not None)
-        stats.fallbacks += int(selection.fallback)
-        with self.timers("diag"):
-            diagnostics = selection_diagnostics(
-                batch, view, selection, self.data, s.label_noise, self.selector.loss_diagnostics
-            )
-        stats.add_diagnostics(diagnostics)
+            kept = self.sel.select(self.model, batch.x, batch.y, batch.index)
+        self.record_selection(kept)
         if p.epoch == 0 and p.cursor == s.example_batch and self.world.is_main:  # SALN Fig. 7-8
             save_selection_example(
-                self.run_dir, self.data, batch, selection, s.selector_name, p.cursor
+                self.run_dir, self.data, kept.candidates, kept.selection, s.selector_name, p.cursor
             )
-        kept = batch if len(selection.positions) == len(batch) else batch.take(selection.positions)
-        if selection.weights is not None:
-            kept = Batch(kept.index, kept.x, kept.y, selection.weights)
-        stats.seen += len(batch)
-        stats.kept += len(kept)
-        stats.candidate_batches += 1
+        p.epoch_stats.seen += len(batch)
+        p.epoch_stats.candidate_batches += 1
         p.seen += len(batch)
-        if self.accumulator is None:
+        if kept:  # a step is due (a staging selector's staged batch may not be full yet)
             self.train_step(kept)
-            return
-        self.accumulator.add(kept)
+        # a staging selector may have more: carried samples filling another step, or what is
+        # staged at the epoch's (the run's) last candidate batch
         run_end = last and p.epoch == s.epochs - 1
-        while (ready := self.accumulator.ready(epoch_end=last, run_end=run_end)) is not None:
-            self.train_step(ready)
+        while kept := self.sel.next_step(epoch_end=last, run_end=run_end):
+            self.train_step(kept)
 
-    def candidate_batch_local(self, batch: Batch) -> None:
-        """`selector.scope=local` on several processes: each rank selects within its share of
-        the candidate batch (InfoBatch's and most multi-GPU implementations' way) and trains on
-        what it kept. Counts are summed over ranks; a diagnostic is the mean of the ranks'
-        values (each over its share); the selection example is rank 0's share."""
-        s, p, stats, world = self.settings, self.progress, self.progress.epoch_stats, self.world
-        mine = batch.take(torch.arange(len(batch), device=batch.y.device)[world.share(len(batch))])
-        with self.timers("select"):
-            view = BatchView(mine, self.model, self.sources, self.autocast)
-            selection = self.selector.select(mine, view, accumulating=False)
+    def record_selection(self, kept: Kept) -> None:
+        """The selection's counts and diagnostics into the epoch's stats. Where each rank chose
+        within its share (`per_rank`), counts are summed over ranks and a diagnostic is the mean
+        of the ranks' values (each over its share); the selection example is rank 0's share."""
+        s, stats, selection = self.settings, self.progress.epoch_stats, kept.selection
         with self.timers("diag"):
             diagnostics = selection_diagnostics(
-                mine, view, selection, self.data, s.label_noise, self.selector.loss_diagnostics
-            )
-        if p.epoch == 0 and p.cursor == s.example_batch and world.is_main:
-            save_selection_example(
-                self.run_dir, self.data, mine, selection, s.selector_name, p.cursor
-            )
-        keys = sorted(diagnostics)
-        local = torch.tensor(
-            [len(selection.positions), int(selection.fallback), *(diagnostics[k] for k in keys)],
-            dtype=torch.float64,
-            device=self.pending.device,
-        )
-        summed = distributed.all_reduce_sum(local).tolist()
-        kept_total, fallbacks = int(summed[0]), int(summed[1])
-        stats.add_diagnostics({k: v / world.size for k, v in zip(keys, summed[2:], strict=True)})
-        stats.fallbacks += fallbacks
-        kept = mine.take(selection.positions)
-        if selection.weights is not None:
-            kept = Batch(kept.index, kept.x, kept.y, selection.weights)
-        stats.seen += len(batch)
-        stats.kept += kept_total
-        stats.candidate_batches += 1
-        p.seen += len(batch)
-        self.train_step(kept, total=kept_total)
+                kept.candidates, kept.view, selection, self.data, s.label_noise,
+                self.sel.selector.loss_diagnostics,
+            )  # fmt: skip
+        counts = [len(selection.positions), int(selection.fallback)]
+        if self.sel.per_rank:
+            keys = sorted(diagnostics)
+            local = torch.tensor([*counts, *(diagnostics[k] for k in keys)],
+                                 dtype=torch.float64, device=self.pending.device)  # fmt: skip
+            summed = distributed.all_reduce_sum(local).tolist()
+            counts = [int(summed[0]), int(summed[1])]
+            diagnostics = {k: v / self.world.size for k, v in zip(keys, summed[2:], strict=True)}
+        stats.add_diagnostics(diagnostics)
+        stats.kept += counts[0]
+        stats.fallbacks += counts[1]
 
-    def train_step(self, batch: Batch, total: int | None = None) -> None:
-        if self.world.active:
-            self.train_step_shared(batch, total)
-            return
+    def train_step(self, kept: Kept) -> None:
+        """One optimizer step on what `select` kept (this process's share of the step). The
+        loss is the mean over the step of weight * cross-entropy, as in a loop of your own;
+        where every weight is 1 it is the plain mean cross-entropy.
+
+        Several processes: the kept weights carry each rank's share of the step (W k_r / K), so
+        DDP's average of the ranks' gradients is the one-process step's gradient, up to the order
+        of the floating-point sums. The per-sample losses, correctness and indices are gathered,
+        so that counts and forgetting are the whole step's on every rank (their state, which
+        rank 0 checkpoints, stays the same on all ranks); `update` gathers what the selector
+        learns from the same way."""
         p, stats = self.progress, self.progress.epoch_stats
         with self.timers("train"):
             self.model.train()
             with self.autocast():
-                logits = self.train_forward(batch.x)
-            if batch.w is None:
-                loss = F.cross_entropy(logits.float(), batch.y)
-                loss_sum = loss.detach() * len(batch)
-            else:  # weighted mean over the kept samples; logged loss stays the plain cross-entropy
-                per_sample = F.cross_entropy(logits.float(), batch.y, reduction="none")
-                loss = (per_sample * batch.w).mean()
-                loss_sum = per_sample.detach().sum()
-            if self.selector.wants_training_losses:
-                self.selector.observe_training_losses(
-                    batch.index, F.cross_entropy(logits.detach().float(), batch.y, reduction="none")
-                )
+                logits = self.train_forward(kept.x)
+            if kept.weighted:  # the logged loss stays the plain cross-entropy
+                per_sample = F.cross_entropy(logits.float(), kept.y, reduction="none")
+                weighted = per_sample * kept.weights
+                # a rank with no share of a step still steps (DDP waits for its gradient)
+                loss = weighted.mean() if len(kept) else weighted.sum()
+                losses = per_sample.detach()
+                loss_sum = losses.sum()
+            else:
+                loss = F.cross_entropy(logits.float(), kept.y)
+                loss_sum = loss.detach() * len(kept)
+                losses = F.cross_entropy(logits.detach().float(), kept.y, reduction="none")
+            self.sel.update(kept.index, losses)  # a no-op for selectors that learn nothing
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
             self.scaler.step(self.optimizer)
             self.scaler.update()
-            correct = logits.detach().argmax(1) == batch.y
-            forgotten = self.forgetting.update(batch.index, correct)
+            correct, index = logits.detach().argmax(1) == kept.y, kept.index
+            if self.world.active:  # the whole step's, in rank order
+                rows = torch.stack([losses.double(), correct.double(), index.double()], dim=1)
+                sizes = None if self.sel.per_rank else self.world.sizes(kept.step_size)
+                rows = distributed.all_gather_cat(rows, sizes)
+                loss_sum, correct, index = rows[:, 0].sum(), rows[:, 1] > 0.5, rows[:, 2].long()
+            forgotten = self.forgetting.update(index, correct)
             # summed on the device; read back (one synchronisation) every few batches in `flush`
             sums = torch.stack([loss_sum, correct.sum(), forgotten])
             self.pending += sums.to(self.pending.dtype)
         stats.steps += 1
-        stats.backprop += len(batch)
+        stats.backprop += kept.step_size
         p.steps += 1
-        p.backprop += len(batch)
-
-    def train_step_shared(self, batch: Batch, total: int | None) -> None:
-        """One optimizer step on several processes. `batch` is the whole step's batch (scope
-        global: every rank trains its contiguous share of it) or, with `total` (scope local),
-        this rank's kept samples out of `total` over all ranks.
-
-        One process minimises mean_k(w_k * l_k) over the K samples of the step; DDP averages the
-        ranks' gradients, so rank r minimises world / K * sum_{k in r} w_k * l_k: the same
-        gradient, up to the order of the floating-point sums. The per-sample losses, correctness
-        and indices of the step are gathered, so that counts, forgetting and the selector's
-        observed losses are those of the whole step on every rank (their state, which rank 0
-        checkpoints, stays the same on all ranks)."""
-        p, stats, world = self.progress, self.progress.epoch_stats, self.world
-        with self.timers("train"):
-            if total is None:
-                total, sizes = len(batch), world.sizes(len(batch))
-                mine = torch.arange(len(batch), device=batch.y.device)[world.share(len(batch))]
-                batch = batch.take(mine)
-            else:
-                sizes = None  # each rank's count is its own selection's: gathered
-            self.model.train()
-            with self.autocast():
-                logits = self.train_forward(batch.x)
-            per_sample = F.cross_entropy(logits.float(), batch.y, reduction="none")
-            weighted = per_sample if batch.w is None else per_sample * batch.w
-            loss = weighted.sum() * (world.size / max(total, 1))
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(loss).backward()
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            correct = logits.detach().argmax(1) == batch.y
-            rows = torch.stack(
-                [per_sample.detach().double(), correct.double(), batch.index.double()], dim=1
-            )
-            rows = distributed.all_gather_cat(rows, sizes)
-            losses, correct, index = rows[:, 0], rows[:, 1] > 0.5, rows[:, 2].long()
-            if self.selector.wants_training_losses:
-                self.selector.observe_training_losses(index, losses.float())
-            forgotten = self.forgetting.update(index, correct)
-            sums = torch.stack([losses.sum(), correct.sum(), forgotten])
-            self.pending += sums.to(self.pending.dtype)
-        stats.steps += 1
-        stats.backprop += len(index)
-        p.steps += 1
-        p.backprop += len(index)
+        p.backprop += kept.step_size
 
     def flush(self) -> None:
         """Move the device-side sums into the epoch's counts; stop on a non-finite loss.
@@ -475,9 +393,8 @@ class Trainer:
                 self.model, self.data, self.settings.eval_batch_size, self.train_eval_positions,
                 self.ctx.train_outputs, self.forgetting, shard=self.world.active,
             )  # fmt: skip
-        acc = self.accumulator
-        overflow = (acc.overflow - p.overflow_at_epoch_start) if acc else 0
-        staged = acc.count if acc else 0
+        overflow = self.sel.overflow - p.overflow_at_epoch_start
+        staged = self.sel.staged
         self.fold_clocks()
         metrics = epoch_row(evaluation, overflow, staged, p, self.optimizer.param_groups[0]["lr"])
         p.history.append(metrics)
@@ -508,12 +425,11 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict() if self.scheduler else None,
             "scaler": self.scaler.state_dict(),
-            "selector": self.selector.state_dict(),
-            "accumulator": self.accumulator.state_dict() if self.accumulator else None,
+            "selection": self.sel.state_dict(),  # selector, staged samples, epoch-order stream
             "forgetting": self.forgetting.state_dict(),
             "progress": self.progress.state_dict(),
-            "rng": rng_state(self.data_generator),
-            "config": OmegaConf.to_container(self.cfg, resolve=True),
+            "rng": rng_state(),
+            "config": self.settings.config,
             "wandb_id": self.tracking.run_id if self.tracking is not None else None,
         }
 
@@ -523,12 +439,13 @@ class Trainer:
         if self.scheduler and state["scheduler"]:
             self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
-        self.selector.load_state_dict(state["selector"])
-        if self.accumulator and state["accumulator"]:
-            self.accumulator.load_state_dict(state["accumulator"], self.device)
         self.forgetting.load_state_dict(state["forgetting"])
         self.progress = Progress.from_state(state["progress"])
-        restore_rng_state(state["rng"], self.data_generator)
+        # older checkpoints kept the selector's parts under their own keys: read them too
+        self.sel.load_state_dict(
+            selection_state(state, self.progress, self.settings.batch_size), self.device
+        )
+        restore_rng_state(state["rng"])
 
     def save_checkpoint(self) -> None:
         self.flush()
@@ -543,9 +460,7 @@ class Trainer:
         state = self.checkpoints.load()
         if state is None:
             return False
-        check_same_run(
-            state["config"], OmegaConf.to_container(self.cfg, resolve=True), self.run_dir
-        )
+        check_same_run(state["config"], self.settings.config, self.run_dir)
         self.load_state_dict(state)
         if self.tracking is not None:
             self.tracking.files.rewrite_metrics(self.progress.history)

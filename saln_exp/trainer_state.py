@@ -1,9 +1,9 @@
 """What a checkpoint holds of a run in progress besides its components' own `state_dict`s: the
-counters (`Progress`) and every random stream the loop draws from.
+counters (`Progress`) and the global random streams (the epoch order's is the selection's).
 
 Both are stored as tensors and plain Python values, so checkpoints load with `weights_only=True`
-(checkpoint.py). The layout is the one checkpoints have always had, so an older run's
-checkpoint still resumes.
+(checkpoint.py). An older run's checkpoint, from before the selection's state was one entry,
+still resumes (`selection_state`).
 """
 
 from __future__ import annotations
@@ -52,24 +52,40 @@ class Progress:
         return cls(**saved)
 
 
-def rng_state(data_generator: torch.Generator) -> dict[str, Any]:
-    """The global streams (python, numpy, torch, CUDA) and the epoch-order generator."""
+def rng_state() -> dict[str, Any]:
+    """The global streams (python, numpy, torch, CUDA). The epoch order's stream is the
+    selection's (`selection_state`)."""
     return {
         "python": random.getstate(),
         "numpy": numpy_rng_state(),
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-        "data": data_generator.get_state(),
     }
 
 
-def restore_rng_state(state: dict[str, Any], data_generator: torch.Generator) -> None:
+def restore_rng_state(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
     set_numpy_rng_state(state["numpy"])
     torch.set_rng_state(state["torch"])
     if state["cuda"] is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-    data_generator.set_state(state["data"])
+
+
+def selection_state(state: dict[str, Any], progress: Progress, batch_size: int) -> dict[str, Any]:
+    """The selection's part of a checkpoint (`BatchSelector.state_dict`). A checkpoint written
+    before the trainer ran on the selection API kept its pieces under their own keys: the
+    selector's state, the staged samples (`accumulator`, staged up to the run's batch size) and
+    the epoch-order stream (`rng["data"]`); the epochs started follow from the progress."""
+    if "selection" in state:
+        return state["selection"]
+    staged = state["accumulator"]
+    return {
+        "selector": state["selector"],
+        "accumulator": staged,
+        "accumulator_size": None if staged is None else batch_size,
+        "epochs_started": progress.epoch + int(progress.mid_epoch),
+        "order": state["rng"]["data"],
+    }
 
 
 def numpy_rng_state() -> tuple:

@@ -172,6 +172,24 @@ def test_local_scope_runs_and_counts_every_rank(tmp_path: Path):
     assert row["samples/seen"] == 1347  # digits' train split, every sample once
 
 
+def test_local_scope_with_staging_is_refused_by_config_validation(make_cfg, monkeypatch):
+    """Ranks staging their own selections would step at different times: one line from the
+    config's validation, before any data is read or a model built."""
+    from saln_exp.config import validate
+    from saln_exp.errors import ConfigError
+
+    cfg = make_cfg("selector=accuracy", "selector.scope=local")
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    validate(cfg)  # one process: scope has no meaning, nothing to refuse
+    monkeypatch.setenv("WORLD_SIZE", "2")  # torchrun's command line, checked before the run
+    with pytest.raises(ConfigError, match=r"scope=local with selector\.accumulate=true"):
+        validate(cfg)
+    monkeypatch.delenv("WORLD_SIZE")
+    monkeypatch.setattr(distributed, "WORLD", distributed.World(rank=0, size=2))
+    with pytest.raises(ConfigError, match=r"scope=local with selector\.accumulate=true"):
+        validate(cfg)
+
+
 def _pid_of_rank(token: str, rank: int) -> int | None:
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():

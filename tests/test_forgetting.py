@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from saln_exp.config import prune_job
 from saln_exp.data import build_data
 from saln_exp.forgetting import ForgettingTracker
 from saln_exp.prune import forgetting as forgetting_method
@@ -95,7 +96,7 @@ def test_forgetting_pruning_drops_exactly_the_unforgettable_samples(
         return model
 
     monkeypatch.setattr(forgetting_method, "fit", scripted_fit)
-    pruned, record = prune_dataset(cfg, data, torch.device("cpu"), tmp_path / "run")
+    pruned, record = prune_dataset(prune_job(cfg), data, torch.device("cpu"), tmp_path / "run")
 
     # independent recount: a forgetting event is correct -> incorrect between consecutive epochs
     events = (pattern[:, :-1] & ~pattern[:, 1:]).sum(1)

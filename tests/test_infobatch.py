@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from omegaconf import OmegaConf
 
 from conftest import TIME_KEYS
 from oracles.infobatch import pruning_epochs as oracle_pruning_epochs
@@ -41,7 +40,7 @@ class FakeContext:
         self.data = type(
             "Data", (), {"train": FakeSplit(n), "noisy": torch.zeros(n, dtype=torch.bool)}
         )()
-        self.cfg = OmegaConf.create({"trainer": {"epochs": epochs}})
+        self.epochs = epochs
         self.device = torch.device("cpu")
 
 

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from conftest import run_cli
+from saln_exp.config import prune_job
 from saln_exp.data import build_data
 from saln_exp.data.base import BatchPipeline, DataBundle, Split
 from saln_exp.errors import ConfigError
@@ -43,7 +44,7 @@ def test_confident_learning_finds_most_injected_label_errors(make_cfg, tmp_path)
     method that finds few errors (dropping the same count at random scores precision ~0.2)."""
     cfg = make_cfg("dataset.label_noise.rate=0.2", "prune=confident_learning", "prune.cache=false")
     data = build_data(cfg.dataset, cfg.paths, CPU)
-    pruned, record = prune_dataset(cfg, data, CPU, tmp_path / "run")
+    pruned, record = prune_dataset(prune_job(cfg), data, CPU, tmp_path / "run")
 
     noisy = data.noisy[data.train.indices].numpy()
     saved = read_json(tmp_path / "run" / "prune.json")
@@ -153,7 +154,7 @@ def test_drop_by_score_removes_the_easiest_or_hardest_fraction():
 def test_prune_none_leaves_the_data_identical_and_records_label_noise(make_cfg, tmp_path):
     cfg = make_cfg("dataset.label_noise.rate=0.2")
     data = build_data(cfg.dataset, cfg.paths, CPU)
-    out, record = prune_dataset(cfg, data, CPU, tmp_path / "run")
+    out, record = prune_dataset(prune_job(cfg), data, CPU, tmp_path / "run")
     assert out is data and record == {}
     assert not (tmp_path / "run" / "prune.json").exists()
     noise = read_json(tmp_path / "run" / "label_noise.json")
@@ -163,7 +164,9 @@ def test_prune_none_leaves_the_data_identical_and_records_label_noise(make_cfg, 
     assert [int(data.clean_targets[pos[i]]) for i in noise["index"]] == noise["clean_label"]
 
     clean = make_cfg()  # no label noise: nothing to record
-    prune_dataset(clean, build_data(clean.dataset, clean.paths, CPU), CPU, tmp_path / "clean")
+    prune_dataset(
+        prune_job(clean), build_data(clean.dataset, clean.paths, CPU), CPU, tmp_path / "clean"
+    )
     assert not (tmp_path / "clean" / "label_noise.json").exists()
 
 
@@ -182,7 +185,7 @@ def test_pruning_is_saved_reproducible_and_leaves_the_learners_rng_alone(
     np.random.seed(123)
     random.seed(123)
     before = random_streams()
-    pruned, record = prune_dataset(cfg, data, CPU, tmp_path / "a")
+    pruned, record = prune_dataset(prune_job(cfg), data, CPU, tmp_path / "a")
     after = random_streams()
     assert torch.equal(before[0], after[0])
     assert np.array_equal(before[1], after[1]) and before[2] == after[2]
@@ -201,14 +204,14 @@ def test_pruning_is_saved_reproducible_and_leaves_the_learners_rng_alone(
     assert score[dropped].max() <= score[~dropped].min()
     assert set(pruned.train.indices.tolist()) == set(index[~dropped].tolist())
 
-    again, _ = prune_dataset(cfg, data, CPU, tmp_path / "b")
+    again, _ = prune_dataset(prune_job(cfg), data, CPU, tmp_path / "b")
     assert torch.equal(again.train.indices, pruned.train.indices)
     with np.load(tmp_path / "b" / "prune_scores.npz") as s:
         assert np.array_equal(s["score"], score)
 
     cached = make_cfg(*fast)  # prune.cache=true: the second run loads the first one's scores
-    first = prune_dataset(cached, data, CPU, tmp_path / "c")[1]
-    second = prune_dataset(cached, data, CPU, tmp_path / "d")[1]
+    first = prune_dataset(prune_job(cached), data, CPU, tmp_path / "c")[1]
+    second = prune_dataset(prune_job(cached), data, CPU, tmp_path / "d")[1]
     assert not first["prune/cached"] and second["prune/cached"]
     assert read_json(tmp_path / "d" / "prune.json")["dropped_index"] == saved["dropped_index"]
 
@@ -241,7 +244,7 @@ def test_a_wrong_prune_option_is_one_clear_line(make_cfg, override, message):
     with pytest.raises(
         ConfigError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")
     ):
-        validate_prune(make_cfg(*override.split()))
+        validate_prune(make_cfg(*override.split()).prune)
 
 
 # -- composes with every online selector through the CLI ------------------------------------------

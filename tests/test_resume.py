@@ -406,3 +406,24 @@ def test_under_torchrun_the_command_starts_torchrun(monkeypatch, tmp_path, world
     advice = resume.how_to_resume(tmp_path)
     assert advice.endswith(f"run:\n{command}")
     assert ("on each of its 2 nodes" in advice) == (nodes == 2)
+
+
+def test_a_checkpoint_written_before_the_selection_api_resumes(make_cfg, tmp_path, monkeypatch):
+    """Checkpoints from before the trainer ran on the selection API kept the selector's state,
+    the staged samples and the epoch order's stream under keys of their own (`selector`,
+    `accumulator`, `rng["data"]`); such a run still resumes to the uninterrupted numbers."""
+    overrides = (*SMALL, "selector=accuracy", "trainer.epochs=3",
+                 "trainer.checkpoint_every_steps=3")  # fmt: skip
+    straight = straight_run(make_cfg, tmp_path, overrides)
+    interrupt_at_step(monkeypatch, 20)
+    with pytest.raises(KeyboardInterrupt):
+        run(make_cfg(*overrides))
+    monkeypatch.undo()
+    for path in (tmp_path / "run").glob("checkpoint*.pt"):  # as the older trainer wrote them
+        state = torch.load(path, weights_only=True)
+        selection = state.pop("selection")
+        state["selector"], state["accumulator"] = selection["selector"], selection["accumulator"]
+        state["rng"]["data"] = selection["order"]
+        torch.save(state, path)
+    run(make_cfg(*overrides))
+    assert metrics(tmp_path / "run") == straight

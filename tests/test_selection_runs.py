@@ -147,6 +147,7 @@ def test_reference_model_is_trained_once_and_cached(make_cfg, tmp_path, monkeypa
 
 
 def test_reference_losses_check_label_order(make_cfg):
+    from saln_exp.config import learner_recipe, plain
     from saln_exp.data import build_data
     from saln_exp.models import build_model
     from saln_exp.reference import ReferenceLosses
@@ -156,12 +157,13 @@ def test_reference_losses_check_label_order(make_cfg):
     data = build_data(cfg.dataset, cfg.paths)
     model = build_model(cfg.model, data.in_shape, data.num_classes)
     ctx = RunContext(
-        cfg=cfg,
         data=data,
         model=model,
         device=torch.device("cpu"),
         cache_dir=cfg.paths.cache_dir,
         run_dir=cfg.paths.output_dir,
+        dataset=plain(cfg.dataset),
+        learner=learner_recipe(cfg),
     )
     lookup = ReferenceLosses.prepare(ctx, {"epochs": 1})
     pos = torch.arange(16)

@@ -123,9 +123,9 @@ def record_run(make_cfg, monkeypatch, *overrides):
         candidates.append((self.epochs_started - 1, flags))
         return selection
 
-    def train_step(self, batch, total=None):
-        steps.append((self.progress.epoch, batch.index.tolist()))
-        real_step(self, batch, total)
+    def train_step(self, kept):
+        steps.append((self.progress.epoch, kept.index.tolist()))
+        real_step(self, kept)
 
     monkeypatch.setattr(Selector, "select", select)
     monkeypatch.setattr(Trainer, "train_step", train_step)
@@ -189,12 +189,12 @@ def test_a_resumed_run_with_staged_samples_matches_an_uninterrupted_one(
 
     def save(self):
         real_save(self)
-        staged_at_save.append(self.progress.mid_epoch and self.accumulator.count > 0)
+        staged_at_save.append(self.progress.mid_epoch and self.sel.staged > 0)
 
-    def dying(self, batch, total=None):  # killed at the first step after such a checkpoint
+    def dying(self, kept):  # killed at the first step after such a checkpoint
         if self.progress.epoch >= 1 and staged_at_save and staged_at_save[-1]:
             raise KeyboardInterrupt("simulated kill")
-        real_step(self, batch, total)
+        real_step(self, kept)
 
     monkeypatch.setattr(Trainer, "save_checkpoint", save)
     monkeypatch.setattr(Trainer, "train_step", dying)
@@ -203,7 +203,8 @@ def test_a_resumed_run_with_staged_samples_matches_an_uninterrupted_one(
     monkeypatch.undo()
     state = Checkpoints(tmp_path / "run").load()
     assert state["progress"]["order"] is not None  # a mid-epoch checkpoint ...
-    assert sum(len(y) for _, _, y in state["accumulator"]["pending"])  # ... with staged samples
+    staged = state["selection"]["accumulator"]["pending"]
+    assert sum(len(y) for _, _, y in staged)  # ... with staged samples
     run(make_cfg(*overrides))
 
     def metrics(name):

@@ -1,57 +1,33 @@
-"""Datasets: one module per family, registered once here by name with their shape.
+"""Datasets: one module per family, each registering itself by name with its shape
+(`register_dataset` in base.py, as selectors and models register themselves).
 
 `build_data` is the only entry point that reads data; `shape_of` says what a dataset config gives
 the model (channels, side, classes) without reading it, for smoke stand-ins and `synthetic`'s
-`like`. Adding a dataset: one module, one line in DATASETS, one YAML in conf/dataset/.
+`like`. Adding a dataset: one module in this package and one YAML in conf/dataset/.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Mapping
+from typing import Any
 
 import torch
-from omegaconf import DictConfig
 
-from saln_exp.data import (
-    cifar,
-    cinic10,
-    digits,
-    fashion_mnist,
-    imagefolder,
-    mnist,
-    pets,
-    svhn,
-    synthetic,
+from saln_exp.data.base import (
+    DATASETS,
+    BatchPipeline,
+    DataBundle,
+    Dataset,
+    Shape,
+    SourceData,
+    Split,
+    assemble,
+    register_dataset,
 )
-from saln_exp.data.base import BatchPipeline, DataBundle, SourceData, Split, assemble
 from saln_exp.errors import ConfigError
+from saln_exp.registry import import_all
 
-Shape = tuple[int, int, int]  # channels, side, classes
-
-
-@dataclass(frozen=True)
-class Dataset:
-    """How to read a dataset, `load(cfg, data_dir, cache_dir) -> SourceData`, and its shape:
-    fixed (channels, side, classes), the side overridden by `dataset.image_size` where a config
-    sets one, or `shape(cfg, data_dir)` when the config and files decide (synthetic, your folder)."""
-
-    load: Callable[[DictConfig, str, str | None], SourceData]
-    shape: Shape | Callable[[DictConfig, str], Shape]
-
-
-DATASETS: dict[str, Dataset] = {
-    "digits": Dataset(digits.load, (1, 32, 10)),
-    "synthetic": Dataset(synthetic.load, synthetic.shape_of),
-    "mnist": Dataset(mnist.load, (1, 32, 10)),
-    "fashion_mnist": Dataset(fashion_mnist.load, (1, 28, 10)),
-    "svhn": Dataset(svhn.load, (3, 32, 10)),
-    "cifar10": Dataset(cifar.load, (3, 32, 10)),
-    "cifar100": Dataset(cifar.load, (3, 32, 100)),
-    "cinic10": Dataset(cinic10.load, (3, 32, 10)),
-    "pets": Dataset(pets.load, (3, 224, 37)),
-    "imagefolder": Dataset(imagefolder.load, imagefolder.shape_of),
-}
+import_all(__name__, __path__)  # every dataset module registers itself
 
 # name -> load, for validation and tests (a view of DATASETS, not a second registry)
 LOADERS = {name: spec.load for name, spec in DATASETS.items()}
@@ -62,10 +38,12 @@ __all__ = [
     "BatchPipeline",
     "DataBundle",
     "Dataset",
+    "Shape",
     "SourceData",
     "Split",
     "build_data",
     "fixed_shapes",
+    "register_dataset",
     "shape_of",
 ]
 
@@ -76,14 +54,14 @@ def _spec(name: str, key: str = "dataset.name") -> Dataset:
     return DATASETS[name]
 
 
-def shape_of(cfg: DictConfig, data_dir: str = "") -> Shape:
-    """(channels, side, classes) the model sees for the dataset config `cfg` (the `dataset`
-    group); an unknown name is a ConfigError, never a default shape."""
-    spec = _spec(str(cfg.name))
+def shape_of(options: Mapping[str, Any], data_dir: str = "") -> Shape:
+    """(channels, side, classes) the model sees for the dataset `options` (the `dataset`
+    group's keys); an unknown name is a ConfigError, never a default shape."""
+    spec = _spec(str(options["name"]))
     if callable(spec.shape):
-        return spec.shape(cfg, data_dir)
+        return spec.shape(options, data_dir)
     channels, size, classes = spec.shape
-    return channels, int(cfg.get("image_size") or size), classes
+    return channels, int(options.get("image_size") or size), classes
 
 
 def fixed_shapes() -> dict[str, Shape]:
@@ -92,19 +70,20 @@ def fixed_shapes() -> dict[str, Shape]:
 
 
 def build_data(
-    cfg: DictConfig, paths: DictConfig, device: torch.device | str = "cpu"
+    options: Mapping[str, Any], paths: Mapping[str, Any], device: torch.device | str = "cpu"
 ) -> DataBundle:
-    """Read `cfg.name` from `paths.data_dir`, split, corrupt labels if asked, move to `device`."""
+    """Read the dataset `options["name"]` (`options`: the `dataset` group's keys) from
+    `paths["data_dir"]`, split, corrupt labels if asked, move to `device`."""
     cache_dir = paths.get("cache_dir")
-    source = _spec(str(cfg.name)).load(
-        cfg, str(paths.data_dir), str(cache_dir) if cache_dir else None
+    source = _spec(str(options["name"])).load(
+        options, str(paths["data_dir"]), str(cache_dir) if cache_dir else None
     )
-    noise = cfg.get("label_noise") or {}
+    noise = options.get("label_noise") or {}
     return assemble(
-        cfg.name,
+        options["name"],
         source,
-        val_fraction=float(cfg.val_fraction),
-        split_seed=int(cfg.split_seed),
+        val_fraction=float(options["val_fraction"]),
+        split_seed=int(options["split_seed"]),
         label_noise_rate=float(noise.get("rate", 0.0)),
         label_noise_kind=str(noise.get("kind", "symmetric")),
         device=device,

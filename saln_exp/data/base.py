@@ -7,8 +7,9 @@ label noise, moving to the device, batch augmentation) happens here, once, for a
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -19,6 +20,7 @@ from torch import Tensor, nn
 from saln_exp.data.noise import corrupt_labels
 from saln_exp.data.stream import ImageFiles
 from saln_exp.errors import ConfigError
+from saln_exp.registry import Registry
 
 
 # torchvision's ImageNet statistics: SALN normalises with them, and the pretrained backbones expect them
@@ -288,3 +290,30 @@ def _stratified_split(targets: np.ndarray, fraction: float, seed: int):
         idx, test_size=n_val, random_state=seed, stratify=targets if can_stratify else None
     )
     return np.sort(train_pos), np.sort(val_pos)
+
+
+# -- the registry ------------------------------------------------------------------------------------
+Shape = tuple[int, int, int]  # channels, side, classes
+Loader = Callable[[Mapping[str, Any], str, str | None], SourceData]
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """How to read a dataset, `load(options, data_dir, cache_dir) -> SourceData` (`options`: the
+    dataset group's keys), and its shape: fixed (channels, side, classes), the side overridden
+    by `dataset.image_size` where a config sets one, or `shape(options, data_dir)` when the
+    config and files decide (synthetic, your folder)."""
+
+    load: Loader
+    shape: Shape | Callable[[Mapping[str, Any], str], Shape]
+
+
+DATASETS: Registry[Dataset] = Registry("dataset")
+
+
+def register_dataset(
+    name: str, shape: Shape | Callable[[Mapping[str, Any], str], Shape]
+) -> Callable[[Loader], Loader]:
+    """Decorate a dataset module's `load` to register it as the dataset `name` (its YAML's
+    `name:`) with its `shape` (see `Dataset`)."""
+    return DATASETS.decorator(name, lambda load: Dataset(load, shape))

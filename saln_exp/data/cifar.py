@@ -9,12 +9,14 @@ stored dataset stays 32x32 uint8.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import torch
-from omegaconf import DictConfig
 from torchvision.datasets import CIFAR10, CIFAR100
 
 from saln_exp.data.augment import assist_cifar_batched, saln_pets_batched
-from saln_exp.data.base import IMAGENET_MEAN, IMAGENET_STD, SourceData
+from saln_exp.data.base import IMAGENET_MEAN, IMAGENET_STD, SourceData, register_dataset
 from saln_exp.data.fetch import open_torchvision
 from saln_exp.errors import ConfigError
 
@@ -27,26 +29,28 @@ VARIANTS = {
 }
 
 
-def load(cfg: DictConfig, data_dir: str, cache_dir: str | None = None) -> SourceData:
-    cls, classes, mean, std, folder = VARIANTS[cfg.name]
+@register_dataset("cifar100", shape=(3, 32, 100))
+@register_dataset("cifar10", shape=(3, 32, 10))
+def load(options: Mapping[str, Any], data_dir: str, cache_dir: str | None = None) -> SourceData:
+    cls, classes, mean, std, folder = VARIANTS[options["name"]]
 
     def read(train: bool):
         ds = open_torchvision(
             lambda download: cls(data_dir, train=train, download=download),
-            cfg.name,
+            options["name"],
             data_dir,
-            bool(cfg.download),
+            bool(options["download"]),
             folder,
         )
         images = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()  # NHWC -> NCHW, uint8
         return images, torch.tensor(ds.targets, dtype=torch.long)
 
-    policy = str(cfg.get("augment_policy", "assist"))
+    policy = str(options.get("augment_policy", "assist"))
     if policy not in POLICIES:
         raise ConfigError(f"dataset.augment_policy must be one of {sorted(POLICIES)}, got {policy!r}")
-    size = int(cfg.get("image_size") or 32)
+    size = int(options.get("image_size") or 32)
     if size < 32:
-        raise ConfigError(f"dataset.image_size must be at least 32 for {cfg.name}, got {size}")
+        raise ConfigError(f"dataset.image_size must be at least 32 for {options['name']}, got {size}")
     if policy == "saln":
         mean, std = IMAGENET_MEAN, IMAGENET_STD
     (train_x, train_y), (test_x, test_y) = read(True), read(False)
@@ -58,6 +62,6 @@ def load(cfg: DictConfig, data_dir: str, cache_dir: str | None = None) -> Source
         num_classes=classes,
         mean=mean,
         std=std,
-        augment=POLICIES[policy]() if cfg.augment else None,
+        augment=POLICIES[policy]() if options["augment"] else None,
         resize=size if size != 32 else None,
     )

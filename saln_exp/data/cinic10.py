@@ -12,14 +12,15 @@ CIFAR's (`assist`, `saln`) plus `flip_crop`, the common flip + 4-pixel-padded cr
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
-from omegaconf import DictConfig
 
 from saln_exp.data import folder
 from saln_exp.data.augment import flip_crop_batched
-from saln_exp.data.base import IMAGENET_MEAN, IMAGENET_STD, SourceData, cat_rows
+from saln_exp.data.base import IMAGENET_MEAN, IMAGENET_STD, SourceData, cat_rows, register_dataset
 from saln_exp.data.cifar import POLICIES as CIFAR_POLICIES
 from saln_exp.errors import ConfigError, DataMissingError
 
@@ -30,18 +31,19 @@ MEAN, STD = (0.47889522, 0.47227842, 0.43047404), (0.24205776, 0.23828046, 0.258
 POLICIES = {**CIFAR_POLICIES, "flip_crop": lambda: flip_crop_batched(32)}
 
 
-def load(cfg: DictConfig, data_dir: str, cache_dir: str | None = None) -> SourceData:
-    policy = str(cfg.get("augment_policy", "flip_crop"))
+@register_dataset("cinic10", shape=(3, 32, 10))
+def load(options: Mapping[str, Any], data_dir: str, cache_dir: str | None = None) -> SourceData:
+    policy = str(options.get("augment_policy", "flip_crop"))
     if policy not in POLICIES:
         raise ConfigError(
             f"dataset.augment_policy must be one of {sorted(POLICIES)}, got {policy!r}"
         )
-    size = int(cfg.get("image_size") or 32)
+    size = int(options.get("image_size") or 32)
     if size < 32:
         raise ConfigError(f"dataset.image_size must be at least 32 for cinic10, got {size}")
     root = Path(data_dir) / FOLDER
-    splits = ["train", "valid", "test"] if cfg.get("train_on_valid") else ["train", "test"]
-    if cfg.download and not all((root / s).is_dir() for s in splits):
+    splits = ["train", "valid", "test"] if options.get("train_on_valid") else ["train", "test"]
+    if options["download"] and not all((root / s).is_dir() for s in splits):
         _download(data_dir, root)
     for split in splits:
         if not (root / split).is_dir():
@@ -53,9 +55,9 @@ def load(cfg: DictConfig, data_dir: str, cache_dir: str | None = None) -> Source
     like = f"CINIC-10 ({', '.join(CLASSES)})"
     folders = {s: folder.open_split(root / s, "cinic10", CLASSES, like) for s in splits}
     n_images = sum(map(len, folders.values()))
-    stream = folder.streams("cinic10", n_images, 3, 32, cfg.max_decoded_gib, str(cfg.storage))
+    stream = folder.streams("cinic10", n_images, 3, 32, options["max_decoded_gib"], str(options["storage"]))
     decoded = {
-        s: folder.images_of(ds, "cinic10", s, 3, 32, cache_dir, int(cfg.workers), stream)
+        s: folder.images_of(ds, "cinic10", s, 3, 32, cache_dir, int(options["workers"]), stream)
         for s, ds in folders.items()
     }
     train = [decoded[s] for s in splits if s != "test"]
@@ -68,7 +70,7 @@ def load(cfg: DictConfig, data_dir: str, cache_dir: str | None = None) -> Source
         num_classes=10,
         mean=mean,
         std=std,
-        augment=POLICIES[policy]() if cfg.augment else None,
+        augment=POLICIES[policy]() if options["augment"] else None,
         resize=size if size != 32 else None,  # stored at 32x32, resized per batch on the device
     )
 

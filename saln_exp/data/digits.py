@@ -2,27 +2,30 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import numpy as np
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
-from saln_exp.data.base import SourceData
+from saln_exp.data.base import SourceData, register_dataset
 
 
-def load(cfg: DictConfig, data_dir: str, cache_dir: str | None = None) -> SourceData:
+@register_dataset("digits", shape=(1, 32, 10))
+def load(options: Mapping[str, Any], data_dir: str, cache_dir: str | None = None) -> SourceData:
     digits = load_digits()
     images = torch.tensor(digits.images, dtype=torch.float32).div_(16.0).unsqueeze(1)  # 0..16 -> 0..1
     targets = torch.tensor(digits.target, dtype=torch.long)
     train_pos, test_pos = train_test_split(
         np.arange(len(targets)),
-        test_size=cfg.test_fraction,
-        random_state=cfg.split_seed,
+        test_size=options["test_fraction"],
+        random_state=options["split_seed"],
         stratify=digits.target,
     )
-    size = int(cfg.image_size)
+    size = int(options["image_size"])
     if size != 8:
         images = F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False)
     train_x = images[np.sort(train_pos)]

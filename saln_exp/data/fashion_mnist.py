@@ -10,16 +10,19 @@ a mirror).
 
 from __future__ import annotations
 
-from omegaconf import DictConfig
+from collections.abc import Mapping
+from typing import Any
+
 from torchvision.datasets import FashionMNIST
 
 from saln_exp.data.augment import flip_crop_batched
-from saln_exp.data.base import SourceData
+from saln_exp.data.base import SourceData, register_dataset
 from saln_exp.data.mnist import load_idx
 
 MEAN, STD = (0.2860,), (0.3530,)
 
 
-def load(cfg: DictConfig, data_dir: str, cache_dir: str | None = None) -> SourceData:
-    augment = flip_crop_batched(int(cfg.image_size)) if cfg.augment else None
-    return load_idx(cfg, data_dir, FashionMNIST, MEAN, STD, augment)
+@register_dataset("fashion_mnist", shape=(1, 28, 10))
+def load(options: Mapping[str, Any], data_dir: str, cache_dir: str | None = None) -> SourceData:
+    augment = flip_crop_batched(int(options["image_size"])) if options["augment"] else None
+    return load_idx(options, data_dir, FashionMNIST, MEAN, STD, augment)

@@ -15,18 +15,19 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
-from omegaconf import DictConfig
 from torch import Tensor
 from torchvision.datasets import ImageFolder
 
 from saln_exp.data import folder
 from saln_exp.data.augment import flip_crop_batched, saln_pets_batched
 from saln_exp.cache import StaleEntry, fingerprint, load_or_compute
-from saln_exp.data.base import SourceData, _stratified_split, take_rows
+from saln_exp.data.base import SourceData, _stratified_split, register_dataset, take_rows
 from saln_exp.data.stream import ImageFiles
 from saln_exp.errors import ConfigError, DataMissingError
 from saln_exp.rng import stream_seed
@@ -34,14 +35,14 @@ from saln_exp.rng import stream_seed
 POLICIES = {"flip_crop": flip_crop_batched, "saln": lambda size: saln_pets_batched()}
 
 
-def root_of(cfg: DictConfig, data_dir: str) -> Path:
-    if not cfg.get("root"):
+def root_of(options: Mapping[str, Any], data_dir: str) -> Path:
+    if not options.get("root"):
         raise ConfigError("dataset.root must name the folder that holds train/ (and test/)")
-    return Path(data_dir).expanduser() / Path(str(cfg.root)).expanduser()  # an absolute root wins
+    return Path(data_dir).expanduser() / Path(str(options["root"])).expanduser()  # an absolute root wins
 
 
-def _train_dir(cfg: DictConfig, data_dir: str) -> Path:
-    root = root_of(cfg, data_dir)
+def _train_dir(options: Mapping[str, Any], data_dir: str) -> Path:
+    root = root_of(options, data_dir)
     train_dir = root / "train"
     if not train_dir.is_dir():
         raise DataMissingError(
@@ -51,19 +52,20 @@ def _train_dir(cfg: DictConfig, data_dir: str) -> Path:
     return train_dir
 
 
-def shape_of(cfg: DictConfig, data_dir: str) -> tuple[int, int, int]:
+def shape_of(options: Mapping[str, Any], data_dir: str) -> tuple[int, int, int]:
     """Channels and side from the config, classes from the class folders of train/."""
     return (
-        int(cfg.channels),
-        int(cfg.image_size),
-        len(folder.class_folders(_train_dir(cfg, data_dir), cfg.name)),
+        int(options["channels"]),
+        int(options["image_size"]),
+        len(folder.class_folders(_train_dir(options, data_dir), options["name"])),
     )
 
 
-def load(cfg: DictConfig, data_dir: str, cache_dir: str | None = None) -> SourceData:
-    channels, size, test_fraction = int(cfg.channels), int(cfg.image_size), float(cfg.test_fraction)
-    _check(cfg, channels, size, test_fraction)
-    train_dir = _train_dir(cfg, data_dir)
+@register_dataset("imagefolder", shape=shape_of)
+def load(options: Mapping[str, Any], data_dir: str, cache_dir: str | None = None) -> SourceData:
+    channels, size, test_fraction = int(options["channels"]), int(options["image_size"]), float(options["test_fraction"])
+    _check(options, channels, size, test_fraction)
+    train_dir = _train_dir(options, data_dir)
     test_dir = train_dir.parent / "test"
     if test_dir.is_dir() and test_fraction > 0:
         raise ConfigError(
@@ -75,20 +77,20 @@ def load(cfg: DictConfig, data_dir: str, cache_dir: str | None = None) -> Source
             f"imagefolder: {test_dir} not found; add it (one folder per class, as in train/) or "
             "set dataset.test_fraction=0.2 to carve a test split from train/"
         )
-    train = folder.open_split(train_dir, cfg.name)
+    train = folder.open_split(train_dir, options["name"])
     test = (
-        folder.open_split(test_dir, cfg.name, train.classes, str(train_dir))
+        folder.open_split(test_dir, options["name"], train.classes, str(train_dir))
         if test_dir.is_dir()
         else None
     )
     n_images = len(train) + (len(test) if test is not None else 0)
     stream = folder.streams(
-        cfg.name, n_images, channels, size, cfg.max_decoded_gib, str(cfg.storage)
+        options["name"], n_images, channels, size, options["max_decoded_gib"], str(options["storage"])
     )
-    workers = int(cfg.workers)
+    workers = int(options["workers"])
 
     def images(ds, split: str):
-        return folder.images_of(ds, cfg.name, split, channels, size, cache_dir, workers, stream)
+        return folder.images_of(ds, options["name"], split, channels, size, cache_dir, workers, stream)
 
     train_x, train_y = images(train, "train")
     if test is not None:
@@ -99,18 +101,18 @@ def load(cfg: DictConfig, data_dir: str, cache_dir: str | None = None) -> Source
                 f"dataset.test_fraction={test_fraction} leaves no training images out of "
                 f"{len(train_y)} in {train_dir}; lower it"
             )
-        seed = stream_seed(int(cfg.split_seed), "test_split")
+        seed = stream_seed(int(options["split_seed"]), "test_split")
         keep, held = _stratified_split(train_y.numpy(), test_fraction, seed)
         keep, held = torch.from_numpy(keep), torch.from_numpy(held)
         (train_x, train_y), (test_x, test_y) = (
             (take_rows(train_x, keep), train_y[keep]),
             (take_rows(train_x, held), train_y[held]),
         )
-    if cfg.get("mean") is None:
-        mean, std = train_statistics(cfg, train, train_x, cache_dir)
+    if options.get("mean") is None:
+        mean, std = train_statistics(options, train, train_x, cache_dir)
     else:
-        mean, std = tuple(float(m) for m in cfg.mean), tuple(float(s) for s in cfg.std)
-    policy = str(cfg.augment_policy)
+        mean, std = tuple(float(m) for m in options["mean"]), tuple(float(s) for s in options["std"])
+    policy = str(options["augment_policy"])
     return SourceData(
         train_images=train_x,
         train_targets=train_y,
@@ -119,25 +121,25 @@ def load(cfg: DictConfig, data_dir: str, cache_dir: str | None = None) -> Source
         num_classes=len(train.classes),
         mean=mean,
         std=std,
-        augment=POLICIES[policy](size) if cfg.augment else None,
+        augment=POLICIES[policy](size) if options["augment"] else None,
     )
 
 
-def train_statistics(cfg: DictConfig, train: ImageFolder, train_x: Tensor | ImageFiles,
+def train_statistics(options: Mapping[str, Any], train: ImageFolder, train_x: Tensor | ImageFiles,
                      cache_dir: str | None) -> tuple[tuple[float, ...], tuple[float, ...]]:  # fmt: skip
     """Per-channel mean / std of the training images. Streamed files take a full decoding pass:
     the result is cached, keyed by the files and by what carves the test split from them."""
     if not isinstance(train_x, ImageFiles) or not cache_dir:
         return folder.channel_stats(train_x)
-    recipe = {"channels": int(cfg.channels), "size": int(cfg.image_size),
-              "test_fraction": float(cfg.test_fraction), "split_seed": int(cfg.split_seed)}  # fmt: skip
+    recipe = {"channels": int(options["channels"]), "size": int(options["image_size"]),
+              "test_fraction": float(options["test_fraction"]), "split_seed": int(options["split_seed"])}  # fmt: skip
     key = fingerprint({"files": folder.files_digest(train)}, recipe)
-    path = Path(cache_dir) / "datasets" / f"{cfg.name}_train_statistics_{key}.json"
+    path = Path(cache_dir) / "datasets" / f"{options['name']}_train_statistics_{key}.json"
 
     def load(file: Path) -> tuple[tuple[float, ...], tuple[float, ...]]:
         stats = json.loads(file.read_text())
         mean, std = tuple(map(float, stats["mean"])), tuple(map(float, stats["std"]))
-        if len(mean) != int(cfg.channels) or len(std) != int(cfg.channels):
+        if len(mean) != int(options["channels"]) or len(std) != int(options["channels"]):
             raise StaleEntry("statistics of another number of channels")
         return mean, std
 
@@ -145,47 +147,47 @@ def train_statistics(cfg: DictConfig, train: ImageFolder, train_x: Tensor | Imag
         tmp.write_text(json.dumps({"mean": stats[0], "std": stats[1]}))
 
     stats, _ = load_or_compute(
-        path, f"{cfg.name} training statistics", load,
+        path, f"{options['name']} training statistics", load,
         lambda: folder.channel_stats(train_x), save,
     )  # fmt: skip
     return stats
 
 
-def _check(cfg: DictConfig, channels: int, size: int, test_fraction: float) -> None:
+def _check(options: Mapping[str, Any], channels: int, size: int, test_fraction: float) -> None:
     if channels not in (1, 3):
         raise ConfigError(f"dataset.channels must be 1 (grayscale) or 3 (RGB), got {channels}")
     if size < 1:
         raise ConfigError(f"dataset.image_size must be positive, got {size}")
     if not 0 <= test_fraction < 1:
         raise ConfigError(f"dataset.test_fraction must be in [0, 1), got {test_fraction}")
-    if str(cfg.augment_policy) not in POLICIES:
+    if str(options["augment_policy"]) not in POLICIES:
         raise ConfigError(
-            f"dataset.augment_policy must be one of {sorted(POLICIES)}, got {cfg.augment_policy!r}"
+            f"dataset.augment_policy must be one of {sorted(POLICIES)}, got {options['augment_policy']!r}"
         )
-    if (cfg.get("mean") is None) != (cfg.get("std") is None):
+    if (options.get("mean") is None) != (options.get("std") is None):
         raise ConfigError(
             "dataset.mean and dataset.std go together: set both, or neither (null: from train/)"
         )
-    if cfg.get("mean") is not None:
+    if options.get("mean") is not None:
         try:
             mean, std = (
-                np.asarray(list(cfg.mean), dtype=float),
-                np.asarray(list(cfg.std), dtype=float),
+                np.asarray(list(options["mean"]), dtype=float),
+                np.asarray(list(options["std"]), dtype=float),
             )
         except (TypeError, ValueError):
             mean = std = np.zeros(0)
         if mean.shape != (channels,) or std.shape != (channels,) or not (std > 0).all():
             raise ConfigError(
                 f"dataset.mean and dataset.std must be lists of {channels} number(s) (std > 0) "
-                f"for dataset.channels={channels}, got {cfg.mean} and {cfg.std}"
+                f"for dataset.channels={channels}, got {options['mean']} and {options['std']}"
             )
-    if str(cfg.storage) not in folder.STORAGES:
+    if str(options["storage"]) not in folder.STORAGES:
         raise ConfigError(
-            f"dataset.storage must be one of {list(folder.STORAGES)}, got {cfg.storage!r}"
+            f"dataset.storage must be one of {list(folder.STORAGES)}, got {options['storage']!r}"
         )
-    if float(cfg.max_decoded_gib) <= 0:
-        raise ConfigError(f"dataset.max_decoded_gib must be positive, got {cfg.max_decoded_gib}")
-    if int(cfg.workers) < 0:
+    if float(options["max_decoded_gib"]) <= 0:
+        raise ConfigError(f"dataset.max_decoded_gib must be positive, got {options['max_decoded_gib']}")
+    if int(options["workers"]) < 0:
         raise ConfigError(
-            f"dataset.workers must be 0 (decode in this process) or more, got {cfg.workers}"
+            f"dataset.workers must be 0 (decode in this process) or more, got {options['workers']}"
         )

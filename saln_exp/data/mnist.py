@@ -6,12 +6,14 @@ uses it too).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import torch.nn.functional as F
-from omegaconf import DictConfig
 from torch import nn
 from torchvision.datasets import MNIST
 
-from saln_exp.data.base import SourceData
+from saln_exp.data.base import SourceData, register_dataset
 from saln_exp.data.fetch import open_torchvision
 from saln_exp.errors import ConfigError
 
@@ -19,12 +21,13 @@ MEAN, STD = (0.1307,), (0.3081,)
 IDX_FILES = "{train-images-idx3-ubyte,train-labels-idx1-ubyte,t10k-images-idx3-ubyte,t10k-labels-idx1-ubyte}"
 
 
-def load(cfg: DictConfig, data_dir: str, cache_dir: str | None = None) -> SourceData:
-    return load_idx(cfg, data_dir, MNIST, MEAN, STD)
+@register_dataset("mnist", shape=(1, 32, 10))
+def load(options: Mapping[str, Any], data_dir: str, cache_dir: str | None = None) -> SourceData:
+    return load_idx(options, data_dir, MNIST, MEAN, STD)
 
 
 def load_idx(
-    cfg: DictConfig,
+    options: Mapping[str, Any],
     data_dir: str,
     cls: type[MNIST],
     mean: tuple[float, ...],
@@ -32,19 +35,19 @@ def load_idx(
     augment: nn.Module | None = None,
 ) -> SourceData:
     """28x28 idx files under `<data_dir>/<cls name>/raw/`, zero-padded to `dataset.image_size`."""
-    grow = int(cfg.image_size) - 28
+    grow = int(options["image_size"]) - 28
     if grow < 0:
         raise ConfigError(
-            f"dataset.image_size must be at least 28 for {cfg.name}, got {cfg.image_size}"
+            f"dataset.image_size must be at least 28 for {options['name']}, got {options['image_size']}"
         )
     before, after = grow // 2, grow - grow // 2  # odd growth: the extra row / column goes last
 
     def read(train: bool):
         return open_torchvision(
             lambda download: cls(data_dir, train=train, download=download),
-            cfg.name,
+            options["name"],
             data_dir,
-            bool(cfg.download),
+            bool(options["download"]),
             f"{cls.__name__}/raw/{IDX_FILES}",
         )
 
@@ -61,7 +64,7 @@ def load_idx(
         num_classes=10,
         # normalize=false feeds pixels in [0, 1] (torchvision's ToTensor alone), to study how much
         # the input scale changes a recipe's losses
-        mean=mean if cfg.get("normalize", True) else (0.0,),
-        std=std if cfg.get("normalize", True) else (1.0,),
+        mean=mean if options.get("normalize", True) else (0.0,),
+        std=std if options.get("normalize", True) else (1.0,),
         augment=augment,
     )

@@ -8,27 +8,29 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
-from omegaconf import DictConfig
 from torchvision.datasets import OxfordIIITPet
 from torchvision.transforms import v2 as T
 from tqdm import tqdm
 
 from saln_exp.cache import StaleEntry, fingerprint, load_or_compute
 from saln_exp.data.augment import saln_pets_batched
-from saln_exp.data.base import IMAGENET_MEAN, IMAGENET_STD, SourceData
+from saln_exp.data.base import IMAGENET_MEAN, IMAGENET_STD, SourceData, register_dataset
 from saln_exp.data.fetch import open_torchvision
 from saln_exp.errors import DataCorruptError
 from saln_exp.safe_load import load_plain
 
 
-def load(cfg: DictConfig, data_dir: str, cache_dir: str | None = None) -> SourceData:
-    size = int(cfg.image_size)
-    train_x, train_y = _read(cfg, data_dir, cache_dir, "trainval", size)
-    test_x, test_y = _read(cfg, data_dir, cache_dir, "test", size)
+@register_dataset("pets", shape=(3, 224, 37))
+def load(options: Mapping[str, Any], data_dir: str, cache_dir: str | None = None) -> SourceData:
+    size = int(options["image_size"])
+    train_x, train_y = _read(options, data_dir, cache_dir, "trainval", size)
+    test_x, test_y = _read(options, data_dir, cache_dir, "test", size)
     return SourceData(
         train_images=train_x,
         train_targets=train_y,
@@ -37,18 +39,18 @@ def load(cfg: DictConfig, data_dir: str, cache_dir: str | None = None) -> Source
         num_classes=37,
         mean=IMAGENET_MEAN,
         std=IMAGENET_STD,
-        augment=saln_pets_batched() if cfg.augment else None,
+        augment=saln_pets_batched() if options["augment"] else None,
     )
 
 
-def _read(cfg: DictConfig, data_dir: str, cache_dir: str | None, split: str, size: int):
+def _read(options: Mapping[str, Any], data_dir: str, cache_dir: str | None, split: str, size: int):
     ds = open_torchvision(
         lambda download: OxfordIIITPet(
             data_dir, split=split, target_types="category", download=download
         ),
         "pets",
         data_dir,
-        bool(cfg.download),
+        bool(options["download"]),
         "oxford-iiit-pet/images/*.jpg and oxford-iiit-pet/annotations/{trainval,test}.txt",
     )
 

@@ -15,13 +15,14 @@ by 4 pixels, without flips (a mirrored digit is another glyph).
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
+from typing import Any
 
 import torch
-from omegaconf import DictConfig
 from torchvision.datasets import SVHN
 
 from saln_exp.data.augment import flip_crop_batched
-from saln_exp.data.base import SourceData
+from saln_exp.data.base import SourceData, register_dataset
 from saln_exp.data.fetch import open_torchvision
 from saln_exp.errors import DataCorruptError, DataMissingError
 
@@ -29,7 +30,8 @@ MEAN, STD = (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970)
 FOLDER = "svhn"  # under paths.data_dir: torchvision itself would put the files in data_dir directly
 
 
-def load(cfg: DictConfig, data_dir: str, cache_dir: str | None = None) -> SourceData:
+@register_dataset("svhn", shape=(3, 32, 10))
+def load(options: Mapping[str, Any], data_dir: str, cache_dir: str | None = None) -> SourceData:
     root = os.path.join(data_dir, FOLDER)
 
     def read(split: str):
@@ -41,7 +43,7 @@ def load(cfg: DictConfig, data_dir: str, cache_dir: str | None = None) -> Source
                 lambda download: SVHN(root, split=split, download=download),
                 "svhn",
                 data_dir,
-                bool(cfg.download),
+                bool(options["download"]),
                 f"{FOLDER}/{split}_32x32.mat",
             )
         except (DataMissingError, DataCorruptError) as err:
@@ -61,7 +63,7 @@ def load(cfg: DictConfig, data_dir: str, cache_dir: str | None = None) -> Source
         return images, labels
 
     (train_x, train_y), (test_x, test_y) = read("train"), read("test")
-    if cfg.get("extra"):
+    if options.get("extra"):
         extra_x, extra_y = read("extra")
         train_x, train_y = torch.cat((train_x, extra_x)), torch.cat((train_y, extra_y))
         del extra_x, extra_y
@@ -73,5 +75,5 @@ def load(cfg: DictConfig, data_dir: str, cache_dir: str | None = None) -> Source
         num_classes=10,
         mean=MEAN,
         std=STD,
-        augment=flip_crop_batched(32, flip=False) if cfg.augment else None,
+        augment=flip_crop_batched(32, flip=False) if options["augment"] else None,
     )

@@ -7,40 +7,43 @@ data. With `like=<dataset>` it takes that dataset's shape and class count (as th
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import torch
-from omegaconf import DictConfig
 
 from saln_exp import rng
-from saln_exp.data.base import SourceData
+from saln_exp.data.base import SourceData, register_dataset
 from saln_exp.errors import ConfigError
 
 
-def shape_of(cfg: DictConfig, data_dir: str = "") -> tuple[int, int, int]:
+def shape_of(options: Mapping[str, Any], data_dir: str = "") -> tuple[int, int, int]:
     """(channels, side, classes): those of `like` (a dataset with a fixed shape), else the
     config's own."""
-    if cfg.get("like"):
+    if options.get("like"):
         from saln_exp.data import fixed_shapes  # the registry imports this module
 
         shapes = fixed_shapes()
-        if cfg.like not in shapes:
-            raise ConfigError(f"dataset.like must be one of {sorted(shapes)}, got {cfg.like!r}")
-        return shapes[cfg.like]
-    return int(cfg.channels), int(cfg.image_size), int(cfg.num_classes)
+        if options["like"] not in shapes:
+            raise ConfigError(f"dataset.like must be one of {sorted(shapes)}, got {options['like']!r}")
+        return shapes[options["like"]]
+    return int(options["channels"]), int(options["image_size"]), int(options["num_classes"])
 
 
-def load(cfg: DictConfig, data_dir: str, cache_dir: str | None = None) -> SourceData:
-    channels, size, classes = shape_of(cfg)
-    g = rng.generator(int(cfg.split_seed), "synthetic_images")
+@register_dataset("synthetic", shape=shape_of)
+def load(options: Mapping[str, Any], data_dir: str, cache_dir: str | None = None) -> SourceData:
+    channels, size, classes = shape_of(options)
+    g = rng.generator(int(options["split_seed"]), "synthetic_images")
     prototypes = torch.rand(classes, channels, size, size, generator=g)
 
     def draw(n: int) -> tuple[torch.Tensor, torch.Tensor]:
         y = torch.arange(n) % classes
         y = y[torch.randperm(n, generator=g)]
-        noise = torch.randn(n, channels, size, size, generator=g) * float(cfg.noise) * 0.25
+        noise = torch.randn(n, channels, size, size, generator=g) * float(options["noise"]) * 0.25
         return (prototypes[y] + noise).clamp_(0.0, 1.0), y
 
-    train_x, train_y = draw(int(cfg.n_train))
-    test_x, test_y = draw(int(cfg.n_test))
+    train_x, train_y = draw(int(options["n_train"]))
+    test_x, test_y = draw(int(options["n_test"]))
     return SourceData(
         train_images=train_x,
         train_targets=train_y,

@@ -1,4 +1,6 @@
-"""Models: one short file per family, registered by name. `build_model` is the only entry point.
+"""Models: one short file per family, each registering itself by name (`register_model` in
+base.py, as selectors and datasets register themselves). `build_model` is the only entry point.
+Adding a model: one module in this package and one YAML in conf/model/.
 
 Every model exposes `forward_features(x)` (penultimate activations) and `classifier` (the last
 linear layer): SALN's learner features and the final-layer figures need both.
@@ -6,20 +8,18 @@ linear layer): SALN's learner features and the final-layer figures need both.
 
 from __future__ import annotations
 
-from omegaconf import DictConfig
+from collections.abc import Mapping
+from typing import Any
+
 from torch import nn
 
 from saln_exp.errors import ConfigError
-from saln_exp.models.fcnet import FCNet
-from saln_exp.models.lenet import LeNet
-from saln_exp.models.resnet import CifarResNet18, ImageNetResNet18
+from saln_exp.models.base import MODELS, register_model
+from saln_exp.registry import import_all
 
-MODELS: dict[str, type[nn.Module]] = {
-    "lenet": LeNet,
-    "fcnet": FCNet,
-    "resnet18": CifarResNet18,
-    "resnet18_imagenet": ImageNetResNet18,
-}
+import_all(__name__, __path__)  # every model module registers itself
+
+__all__ = ["MODELS", "build_model", "check_input", "model_class", "register_model"]
 
 
 def model_class(name: str) -> type[nn.Module]:
@@ -38,9 +38,12 @@ def check_input(name: str, in_shape: tuple[int, int, int]) -> None:
         )
 
 
-def build_model(cfg: DictConfig, in_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
-    """Input channels and class count come from the data, never from the model config."""
-    check_input(cfg.name, in_shape)
+def build_model(
+    options: Mapping[str, Any], in_shape: tuple[int, int, int], num_classes: int
+) -> nn.Module:
+    """The model `options["name"]`, its other keys (the `model` config group's) as constructor
+    keywords. Input channels and class count come from the data, never from the model config."""
+    check_input(options["name"], in_shape)
     channels, size, _ = in_shape
-    extra = {k: v for k, v in cfg.items() if k != "name"}
-    return model_class(cfg.name)(channels, num_classes, size, **extra)
+    extra = {k: v for k, v in options.items() if k != "name"}
+    return model_class(options["name"])(channels, num_classes, size, **extra)

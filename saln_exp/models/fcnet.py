@@ -2,7 +2,10 @@
 
 from torch import Tensor, nn
 
+from saln_exp.models.base import register_model
 
+
+@register_model("fcnet")
 class FCNet(nn.Module):
     min_size = 1
 

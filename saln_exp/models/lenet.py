@@ -3,7 +3,10 @@
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from saln_exp.models.base import register_model
 
+
+@register_model("lenet")
 class LeNet(nn.Module):
     # 16 -> conv5 12 -> pool 6 -> conv5 2 -> pool 1: the smallest side that leaves 1x1 (15 leaves 0)
     min_size = 16

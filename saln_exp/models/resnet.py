@@ -8,6 +8,7 @@ import torch.nn.functional as F
 import torchvision
 from torch import Tensor, nn
 
+from saln_exp.models.base import register_model
 from saln_exp.models.weights import pretrained_state_dict
 
 
@@ -32,6 +33,7 @@ class BasicBlock(nn.Module):
         return F.relu(out + self.shortcut(x))
 
 
+@register_model("resnet18")
 class CifarResNet18(nn.Module):
     min_size = 8  # four stages, three of them stride 2
 
@@ -62,6 +64,7 @@ class CifarResNet18(nn.Module):
         return self.classifier(self.forward_features(x))
 
 
+@register_model("resnet18_imagenet")
 class ImageNetResNet18(nn.Module):
     """torchvision's resnet18; `classifier` is its fc layer re-sized to the dataset's classes."""
 

@@ -2,7 +2,9 @@
 selector: the training split is reduced once, then the selector works batch by batch as usual.
 
 `prune_dataset` is the only entry point; `prune=none` returns the data untouched. Methods, one
-module each, return a keep mask over the training split (`PruneResult`):
+module each registering itself (`register_method` in common.py, as selectors, datasets and models
+register themselves: adding one is one module and one YAML in conf/prune/), return a keep mask
+over the training split (`PruneResult`):
 
 - `confident_learning`: cleanlab's `find_label_issues` on K-fold out-of-sample probabilities
 - `el2n`, `grand`: Paul et al. 2021's scores averaged over initialisations; drop a fraction
@@ -21,30 +23,37 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
 
-from saln_exp.cache import StaleEntry, dataset_content, fingerprint, load_or_compute
+from saln_exp.cache import StaleEntry, dataset_content, fingerprint, load_or_compute, plain
 from saln_exp.data.base import DataBundle
 from saln_exp.errors import ConfigError
-from saln_exp.prune import confident_learning, el2n, forgetting, grand
 from saln_exp.prune.common import (
+    METHODS,
+    PruneJob,
     PruneResult,
+    check_integer,
     noise_stats,
     noisy_mask,
+    register_method,
     scorer_settings,
     subset_train,
 )
+from saln_exp.registry import import_all
 from saln_exp.rundir import LABEL_NOISE, PRUNE, write_json
+
+import_all(__name__, __path__)  # every method module registers itself
 
 __all__ = [
     "METHODS",
+    "PruneJob",
     "prune_dataset",
+    "register_method",
     "shrink_for_smoke",
     "subset_train",
     "validate_prune",
@@ -53,96 +62,54 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-METHODS: dict[str, Callable[[DictConfig, DataBundle, torch.device], PruneResult]] = {
-    "confident_learning": confident_learning.prune,
-    "el2n": el2n.prune,
-    "grand": grand.prune,
-    "forgetting": forgetting.prune,
-}
-DROP = ("easy", "hard")
 
-
-def shrink_for_smoke(p: DictConfig) -> None:
+def shrink_for_smoke(p: dict[str, Any]) -> None:
     """`smoke=true`: one epoch for the scoring models and the fewest of them the method allows
-    (one repeat for el2n / grand, two folds for confident learning). Edits `cfg.prune` in place."""
+    (one repeat for el2n / grand, two folds for confident learning). Edits the `prune` group's
+    keys (a plain dict) in place."""
     if p.get("name", "none") == "none":
         return
-    p.epochs = min(int(p.epochs), 1)
+    p["epochs"] = min(int(p["epochs"]), 1)
     if "repeats" in p:
-        p.repeats = 1
+        p["repeats"] = 1
     if "folds" in p:
-        p.folds = 2
+        p["folds"] = 2
 
 
-def validate_prune(cfg: DictConfig) -> None:
-    """One clear line for a wrong `prune.*` value, before any scoring model is trained."""
-    p = cfg.prune
+def validate_prune(p: Mapping[str, Any]) -> None:
+    """One clear line for a wrong `prune.*` value (`p`: the `prune` group's keys), before any
+    scoring model is trained."""
     name = p.get("name", "none")
     if name == "none":
         return
     if name not in METHODS:
         raise ConfigError(f"prune.name must be none or one of {sorted(METHODS)}, got {name!r}")
-
-    def integer(key: str, low: int) -> None:
-        value = p.get(key)
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise ConfigError(f"prune.{key} must be an integer >= {low}, got {value!r}")
-
-    def fraction(key: str, allow_none: bool = False) -> None:
-        value = p.get(key)
-        if value is None and allow_none:
-            return
-        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < 1:
-            raise ConfigError(f"prune.{key} must be a number in [0, 1), got {value!r}")
-
-    integer("epochs", 0 if name in ("el2n", "grand") else 1)
+    method = METHODS[name]
+    check_integer(p, "epochs", method.min_epochs)
     if p.get("seed") is not None:
-        integer("seed", 0)
+        check_integer(p, "seed", 0)
     if p.get("batch_size") is not None:
-        integer("batch_size", 1)
-    if name == "confident_learning":
-        integer("folds", 2)
-        integer("min_examples_per_class", 0)
-        if p.filter_by not in confident_learning.FILTER_BY:
-            raise ConfigError(
-                f"prune.filter_by must be one of {confident_learning.FILTER_BY}, got {p.filter_by!r}"
-            )
-        if p.quality not in confident_learning.QUALITY_METHODS:
-            raise ConfigError(
-                f"prune.quality must be one of {confident_learning.QUALITY_METHODS}, got {p.quality!r}"
-            )
-        frac_noise = p.get("frac_noise")
-        if (
-            isinstance(frac_noise, bool)
-            or not isinstance(frac_noise, int | float)
-            or not 0 < frac_noise <= 1
-        ):
-            raise ConfigError(f"prune.frac_noise must be a number in (0, 1], got {frac_noise!r}")
-    if name in ("el2n", "grand"):
-        integer("repeats", 1)
-        fraction("fraction")
-        if p.drop not in DROP:
-            raise ConfigError(f"prune.drop must be one of {DROP}, got {p.drop!r}")
-    if name == "forgetting":
-        fraction("fraction", allow_none=True)
+        check_integer(p, "batch_size", 1)
+    method.check(p)
 
 
-def write_label_noise(cfg: DictConfig, data: DataBundle, run_dir: Path) -> Path | None:
+def write_label_noise(dataset: Mapping[str, Any], data: DataBundle, run_dir: Path) -> Path | None:
     """`label_noise.json`: which training samples were corrupted on purpose (dataset indices), with
-    their given (noisy) and clean labels. Written for every run with label noise on."""
+    their given (noisy) and clean labels. Written for every run with label noise on; `dataset`
+    is the dataset group's keys."""
     if data.clean_targets is None:
         return None
     noisy = noisy_mask(data)
     positions = np.flatnonzero(noisy)
-    noise = cfg.dataset.label_noise
+    noise = dataset["label_noise"]
     path = Path(run_dir) / LABEL_NOISE
     path.parent.mkdir(parents=True, exist_ok=True)
     write_json(
         path,
         {
-            "rate": float(noise.rate),
-            "kind": str(noise.kind),
-            "split_seed": int(cfg.dataset.split_seed),
+            "rate": float(noise["rate"]),
+            "kind": str(noise["kind"]),
+            "split_seed": int(dataset["split_seed"]),
             "n_train": len(data.train),
             "n_noisy": len(positions),
             "index": data.train.indices.cpu().numpy()[positions].tolist(),
@@ -154,16 +121,16 @@ def write_label_noise(cfg: DictConfig, data: DataBundle, run_dir: Path) -> Path 
 
 
 def prune_dataset(
-    cfg: DictConfig, data: DataBundle, device: torch.device, run_dir: Path
+    job: PruneJob, data: DataBundle, device: torch.device, run_dir: Path
 ) -> tuple[DataBundle, dict[str, Any]]:
     """Return the data with a pruned training split and numbers worth putting in the summary."""
-    write_label_noise(cfg, data, run_dir)
-    name = cfg.prune.get("name", "none")
+    write_label_noise(job.dataset, data, run_dir)
+    name = job.method
     if name == "none":
         return data, {}
-    validate_prune(cfg)
+    validate_prune(job.options)
     start = time.perf_counter()
-    result, cached, score_seconds = cached_result(cfg, data, device)
+    result, cached, score_seconds = cached_result(job, data, device)
     seconds = time.perf_counter() - start
     keep = np.asarray(result.keep, dtype=bool)
     if not keep.any():
@@ -174,8 +141,8 @@ def prune_dataset(
     n = len(keep)
     record_file = {
         "method": name,
-        "settings": OmegaConf.to_container(cfg.prune, resolve=True),
-        "scorer": scorer_settings(cfg),
+        "settings": plain(job.options),
+        "scorer": scorer_settings(job),
         "n_before": n,
         "kept": int(keep.sum()),
         "dropped": int(n - keep.sum()),
@@ -220,34 +187,32 @@ def prune_dataset(
 
 
 # -- cache ------------------------------------------------------------------------------------------
-def cache_key(cfg: DictConfig, data: DataBundle, device: torch.device) -> str:
+def cache_key(job: PruneJob, data: DataBundle, device: torch.device) -> str:
     """Everything the scores depend on: the training split's content (cache.dataset_content),
     the method's options, the scoring recipe and the device type."""
     recipe = {
-        "prune": OmegaConf.to_container(cfg.prune, resolve=True),
-        "scorer": scorer_settings(cfg),
+        "prune": plain(job.options),
+        "scorer": scorer_settings(job),
         "device": device.type,
     }
-    return fingerprint(dataset_content(cfg.dataset, data.train), recipe)
+    return fingerprint(dataset_content(job.dataset, data.train), recipe)
 
 
 def cached_result(
-    cfg: DictConfig, data: DataBundle, device: torch.device
+    job: PruneJob, data: DataBundle, device: torch.device
 ) -> tuple[PruneResult, bool, float]:
     """(the method's result, whether it came from `paths.cache_dir/prune/`, the seconds its
     scoring took when it was computed). The cache is used when `prune.cache` is on."""
-    method = METHODS[cfg.prune.name]
+    method = METHODS[job.method].prune
 
     def compute() -> tuple[PruneResult, float]:
         start = time.perf_counter()
-        result = method(cfg, data, device)
+        result = method(job, data, device)
         return result, time.perf_counter() - start
 
-    if not cfg.prune.get("cache", True):
+    if not job.options.get("cache", True):
         return *compute(), False
-    path = (
-        Path(cfg.paths.cache_dir) / "prune" / f"{cfg.prune.name}-{cache_key(cfg, data, device)}.npz"
-    )
+    path = Path(job.cache_dir) / "prune" / f"{job.method}-{cache_key(job, data, device)}.npz"
     index = data.train.indices.cpu().numpy()
     reserved = ("index", "keep", "scores", "info", "seconds")
 
@@ -269,6 +234,6 @@ def cached_result(
             )  # fmt: skip
 
     (result, seconds), from_cache = load_or_compute(
-        path, f"prune={cfg.prune.name} scores", load, compute, save
+        path, f"prune={job.method} scores", load, compute, save
     )
     return result, from_cache, seconds

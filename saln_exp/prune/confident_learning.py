@@ -12,16 +12,25 @@ turned around (1 - quality), so that larger = more suspicious, as for the other 
 from __future__ import annotations
 
 import warnings
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
 from sklearn.model_selection import KFold, StratifiedKFold
 
 from saln_exp.data.base import DataBundle
+from saln_exp.errors import ConfigError
 from saln_exp.fit import fit
 from saln_exp.metrics import per_sample_outputs
-from saln_exp.prune.common import PruneResult, new_model, scorer_settings
+from saln_exp.prune.common import (
+    PruneJob,
+    PruneResult,
+    check_integer,
+    new_model,
+    register_method,
+    scorer_settings,
+)
 from saln_exp.rng import isolated
 
 FILTER_BY = (
@@ -45,13 +54,13 @@ def fold_positions(labels: np.ndarray, folds: int, seed: int) -> list[np.ndarray
 
 
 def out_of_sample_probs(
-    cfg: DictConfig, data: DataBundle, device: torch.device
+    job: PruneJob, data: DataBundle, device: torch.device
 ) -> tuple[np.ndarray, np.ndarray]:
     """(pred_probs n x C, fold id per sample) by K-fold cross-validated training."""
-    settings = scorer_settings(cfg)
+    settings = scorer_settings(job)
     train = data.train
     labels = train.targets.cpu().numpy()
-    folds = fold_positions(labels, int(cfg.prune.folds), settings["seed"])
+    folds = fold_positions(labels, int(job.options["folds"]), settings["seed"])
     probs = np.zeros((len(train), data.num_classes), dtype=np.float64)
     fold_id = np.zeros(len(train), dtype=np.int64)
     for k, held in enumerate(folds):
@@ -62,22 +71,39 @@ def out_of_sample_probs(
             g = torch.Generator().manual_seed(settings["seed"] + k)
             fit(model, train, data, settings, g, positions=fit_pos,
                 desc=f"confident_learning fold {k + 1}/{len(folds)}",
-                progress=bool(cfg.trainer.get("progress", False)))  # fmt: skip
+                progress=job.progress)  # fmt: skip
             _, _, logits = per_sample_outputs(
-                model, train, data.pipeline, int(cfg.eval.batch_size), held_pos
+                model, train, data.pipeline, job.eval_batch_size, held_pos
             )
         probs[held] = torch.softmax(logits.double(), dim=1).cpu().numpy()
         fold_id[held] = k
     return probs, fold_id
 
 
-def prune(cfg: DictConfig, data: DataBundle, device: torch.device) -> PruneResult:
+def check(p: Mapping[str, Any]) -> None:
+    check_integer(p, "folds", 2)
+    check_integer(p, "min_examples_per_class", 0)
+    if p["filter_by"] not in FILTER_BY:
+        raise ConfigError(f"prune.filter_by must be one of {FILTER_BY}, got {p['filter_by']!r}")
+    if p["quality"] not in QUALITY_METHODS:
+        raise ConfigError(f"prune.quality must be one of {QUALITY_METHODS}, got {p['quality']!r}")
+    frac_noise = p.get("frac_noise")
+    if (
+        isinstance(frac_noise, bool)
+        or not isinstance(frac_noise, int | float)
+        or not 0 < frac_noise <= 1
+    ):
+        raise ConfigError(f"prune.frac_noise must be a number in (0, 1], got {frac_noise!r}")
+
+
+@register_method("confident_learning", check)
+def prune(job: PruneJob, data: DataBundle, device: torch.device) -> PruneResult:
     # imported here: cleanlab pulls in a large dependency tree every run would otherwise load
     from cleanlab.filter import find_label_issues
     from cleanlab.rank import get_label_quality_scores
 
-    p = cfg.prune
-    probs, fold_id = out_of_sample_probs(cfg, data, device)
+    p = job.options
+    probs, fold_id = out_of_sample_probs(job, data, device)
     labels = data.train.targets.cpu().numpy()
     per_class = p.get("num_to_remove_per_class")
     with warnings.catch_warnings():  # cleanlab warns about tiny classes; the record says enough
@@ -85,13 +111,13 @@ def prune(cfg: DictConfig, data: DataBundle, device: torch.device) -> PruneResul
         flagged = find_label_issues(
             labels,
             probs,
-            filter_by=str(p.filter_by),
-            frac_noise=float(p.frac_noise),
-            num_to_remove_per_class=OmegaConf.to_container(per_class) if per_class else None,
-            min_examples_per_class=int(p.min_examples_per_class),
+            filter_by=str(p["filter_by"]),
+            frac_noise=float(p["frac_noise"]),
+            num_to_remove_per_class=list(per_class) if per_class else None,
+            min_examples_per_class=int(p["min_examples_per_class"]),
             n_jobs=1,  # no worker pool: the machine's cores belong to the run
         )
-        quality = get_label_quality_scores(labels, probs, method=str(p.quality))
+        quality = get_label_quality_scores(labels, probs, method=str(p["quality"]))
     info = {
         "cv_acc_given_labels": float((probs.argmax(1) == labels).mean()),
         "flagged": int(flagged.sum()),

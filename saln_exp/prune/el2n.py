@@ -10,12 +10,18 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig
 from torch import Tensor, nn
 
 from saln_exp.data.base import DataBundle, Split
 from saln_exp.metrics import per_sample_outputs
-from saln_exp.prune.common import PruneResult, average_over_inits, drop_by_score
+from saln_exp.prune.common import (
+    PruneJob,
+    PruneResult,
+    average_over_inits,
+    check_scored_fraction,
+    drop_by_score,
+    register_method,
+)
 
 
 def el2n_scores(model: nn.Module, split: Split, data: DataBundle, batch_size: int) -> Tensor:
@@ -25,7 +31,8 @@ def el2n_scores(model: nn.Module, split: Split, data: DataBundle, batch_size: in
     return torch.linalg.vector_norm(error, dim=1)
 
 
-def prune(cfg: DictConfig, data: DataBundle, device: torch.device) -> PruneResult:
-    mean, per_repeat = average_over_inits(cfg, data, device, el2n_scores, "el2n")
-    keep = drop_by_score(mean, float(cfg.prune.fraction), str(cfg.prune.drop))
+@register_method("el2n", check_scored_fraction, min_epochs=0)
+def prune(job: PruneJob, data: DataBundle, device: torch.device) -> PruneResult:
+    mean, per_repeat = average_over_inits(job, data, device, el2n_scores, "el2n")
+    keep = drop_by_score(mean, float(job.options["fraction"]), str(job.options["drop"]))
     return PruneResult(keep, mean, {"score_per_repeat": per_repeat.T.astype("float32")})

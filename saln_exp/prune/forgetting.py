@@ -11,15 +11,24 @@ dropped (as a fraction of the split): the earliest-learned unforgettable samples
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import numpy as np
 import torch
-from omegaconf import DictConfig
 from torch import Tensor
 
 from saln_exp.data.base import DataBundle
 from saln_exp.fit import fit
 from saln_exp.forgetting import ForgettingTracker
-from saln_exp.prune.common import PruneResult, new_model, scorer_settings
+from saln_exp.prune.common import (
+    PruneJob,
+    PruneResult,
+    check_fraction,
+    new_model,
+    register_method,
+    scorer_settings,
+)
 from saln_exp.rng import isolated
 
 
@@ -43,8 +52,13 @@ def drop_unforgettable(
     return keep
 
 
-def prune(cfg: DictConfig, data: DataBundle, device: torch.device) -> PruneResult:
-    settings = scorer_settings(cfg)
+def check(p: Mapping[str, Any]) -> None:
+    check_fraction(p, "fraction", allow_none=True)
+
+
+@register_method("forgetting", check)
+def prune(job: PruneJob, data: DataBundle, device: torch.device) -> PruneResult:
+    settings = scorer_settings(job)
     train = data.train
     tracker = ForgettingTracker(
         len(data.noisy), device
@@ -62,12 +76,12 @@ def prune(cfg: DictConfig, data: DataBundle, device: torch.device) -> PruneResul
         model = new_model(settings, data, device)
         g = torch.Generator().manual_seed(settings["seed"])
         fit(model, train, data, settings, g, on_batch=count, desc="forgetting",
-            progress=bool(cfg.trainer.get("progress", False)))  # fmt: skip
+            progress=job.progress)  # fmt: skip
     idx = train.indices
     events = tracker.events[idx].cpu().numpy()
     learned = tracker.learned[idx].cpu().numpy()
     first = first_learned[idx].cpu().numpy()
-    fraction = cfg.prune.get("fraction")
+    fraction = job.options.get("fraction")
     keep = drop_unforgettable(events, learned, first, None if fraction is None else float(fraction))
     arrays = {"events": events, "learned": learned, "first_learned_epoch": first}
     info = {

@@ -12,12 +12,18 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
 from saln_exp.data.base import DataBundle, Split
-from saln_exp.prune.common import PruneResult, average_over_inits, drop_by_score
+from saln_exp.prune.common import (
+    PruneJob,
+    PruneResult,
+    average_over_inits,
+    check_scored_fraction,
+    drop_by_score,
+    register_method,
+)
 
 CHUNK = 128  # samples per vmap call: bounds memory at CHUNK x number of parameters
 
@@ -50,12 +56,13 @@ def grand_scores(
     return torch.cat(norms)
 
 
-def prune(cfg: DictConfig, data: DataBundle, device: torch.device) -> PruneResult:
-    last_layer = bool(cfg.prune.get("last_layer", False))
+@register_method("grand", check_scored_fraction, min_epochs=0)
+def prune(job: PruneJob, data: DataBundle, device: torch.device) -> PruneResult:
+    last_layer = bool(job.options.get("last_layer", False))
 
     def score(model: nn.Module, split: Split, data: DataBundle, batch_size: int) -> Tensor:
         return grand_scores(model, split, data, batch_size, last_layer)
 
-    mean, per_repeat = average_over_inits(cfg, data, device, score, "grand")
-    keep = drop_by_score(mean, float(cfg.prune.fraction), str(cfg.prune.drop))
+    mean, per_repeat = average_over_inits(job, data, device, score, "grand")
+    keep = drop_by_score(mean, float(job.options["fraction"]), str(job.options["drop"]))
     return PruneResult(keep, mean, {"score_per_repeat": per_repeat.T.astype("float32")})

@@ -1,4 +1,6 @@
-"""Selectors: one module per selector, registered by name. `build_selector` is the only entry point.
+"""Selectors: one module per selector, registered by name. The runner and your own loop build
+them through the public API, `saln_exp.selection.make` (with their YAML defaults);
+`build_selector` makes one from plain options.
 
 To add one: write `saln_exp/selectors/<name>.py` with a `Selector` subclass (set `name` and `style`,
 implement `choose`) and `conf/selector/<name>.yaml`. Every module of this package is imported
@@ -7,12 +9,11 @@ below, and defining the subclass registers it (`base.REGISTRY`); nothing else na
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
-
-from omegaconf import DictConfig, OmegaConf
+from collections.abc import Mapping
+from typing import Any
 
 from saln_exp.errors import ConfigError
+from saln_exp.registry import import_all
 from saln_exp.selectors.base import (
     REGISTRY,
     Batch,
@@ -23,8 +24,7 @@ from saln_exp.selectors.base import (
     ViewSources,
 )
 
-for _module in pkgutil.iter_modules(__path__):
-    importlib.import_module(f"{__name__}.{_module.name}")
+import_all(__name__, __path__)  # defining a Selector subclass registers it
 
 SELECTORS: dict[str, type[Selector]] = REGISTRY  # live: a subclass defined later registers too
 
@@ -47,6 +47,8 @@ def selector_class(name: str) -> type[Selector]:
     return SELECTORS[name]
 
 
-def build_selector(cfg: DictConfig, seed: int) -> Selector:
-    options = OmegaConf.to_container(cfg, resolve=True)
+def build_selector(options: Mapping[str, Any], seed: int) -> Selector:
+    """The selector `options["name"]` with the other keys (the `selector` config group's, as
+    plain values) as its constructor keywords."""
+    options = dict(options)
     return selector_class(options.pop("name"))(seed=seed, **options)

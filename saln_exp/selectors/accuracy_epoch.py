@@ -28,7 +28,7 @@ class EpochAccuracyFilter(Selector):
     def epoch_positions(self, ctx: RunContext) -> Tensor:
         train = ctx.data.train
         _, predictions, _ = ctx.train_outputs.get(
-            ctx.model, train, ctx.data.pipeline, int(ctx.cfg.eval.batch_size)
+            ctx.model, train, ctx.data.pipeline, ctx.eval_batch_size
         )
         wrong = torch.nonzero(predictions != train.targets).flatten()
         self.epoch_kept_frac = len(wrong) / len(train)

@@ -20,9 +20,11 @@ from torch import Tensor, nn
 from saln_exp import distributed, rng
 from saln_exp.errors import ConfigError
 from saln_exp.metrics import SplitOutputs
+from saln_exp.registry import Registry
 
 if TYPE_CHECKING:
     from saln_exp.data.base import DataBundle
+    from saln_exp.fit import Recipe
 
 FEATURE_SOURCES = ("pixels", "learner", "pretrained")
 SCOPES = ("global", "local")
@@ -172,9 +174,9 @@ class BatchView:
 
 @dataclass
 class RunContext:
-    """What `Selector.prepare` and epoch hooks may use: the data, the learner, where to cache."""
+    """What `Selector.prepare` and epoch hooks may use: the data, the learner, where to cache,
+    and the few facts of the run they depend on, as plain values."""
 
-    cfg: Any
     data: DataBundle
     model: nn.Module
     device: torch.device
@@ -183,10 +185,17 @@ class RunContext:
     autocast: Callable[[], AbstractContextManager] = nullcontext
     # the training split's eval-mode outputs, shared with the trainer's evaluation (see SplitOutputs)
     train_outputs: SplitOutputs = field(default_factory=SplitOutputs)
+    epochs: int | None = None  # the run's length (InfoBatch anneals over it); None: not known
+    eval_batch_size: int = 1024  # batches of the un-augmented passes over a split
+    # the dataset's options (its config group's keys): what cached features and reference
+    # models are keyed by, with the split they were computed from
+    dataset: dict[str, Any] = field(default_factory=dict)
+    # how the learner is trained: a reference model's defaults (None outside the runner)
+    learner: Recipe | None = None
 
 
 # every concrete selector, by name, registered when its class is defined (see Selector.__init_subclass__)
-REGISTRY: dict[str, type[Selector]] = {}
+REGISTRY: Registry[type[Selector]] = Registry("selector")
 
 
 class Selector:
@@ -206,7 +215,7 @@ class Selector:
         # the package's own modules register (abstract helpers keep the name "base"); a subclass
         # defined elsewhere (a test's stand-in) is registered only by whoever defines it
         if cls.name != "base" and cls.__module__.startswith(f"{__package__}."):
-            REGISTRY.setdefault(cls.name, cls)
+            REGISTRY.register(cls.name, cls)
 
     def __init__(
         self,
@@ -243,12 +252,12 @@ class Selector:
 
     # -- the contract ---------------------------------------------------------------------------
     @classmethod
-    def shrink_for_smoke(cls, options: Any) -> None:
-        """`smoke=true`: make this selector's options (the run's `selector` config, edited in
-        place) cheap enough for a few-second run on a 32x32 stand-in. Selectors with side models
-        or downloads override it; the candidate batch is capped here for all."""
+    def shrink_for_smoke(cls, options: dict[str, Any]) -> None:
+        """`smoke=true`: make this selector's options (the run's `selector` keys as a plain dict,
+        edited in place) cheap enough for a few-second run on a 32x32 stand-in. Selectors with
+        side models or downloads override it; the candidate batch is capped here for all."""
         if options.get("candidate_batch_size"):
-            options.candidate_batch_size = min(int(options.candidate_batch_size), 32)
+            options["candidate_batch_size"] = min(int(options["candidate_batch_size"]), 32)
 
     def prepare(self, ctx: RunContext) -> ViewSources:
         """Once before training: build caches (features, reference model). Default: nothing."""

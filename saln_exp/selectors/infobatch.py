@@ -62,13 +62,18 @@ class InfoBatch(Selector):
         self.scores[index] = losses.float()
 
     def epoch_positions(self, ctx: RunContext) -> Tensor:
+        if ctx.epochs is None:
+            raise ValueError(
+                f"selector {self.name!r} anneals over the run's length: pass the number of "
+                "epochs (sampler(..., epochs=) in your own loop)"
+            )
         train = ctx.data.train
         n_rows = len(ctx.data.noisy)  # dataset-index space (train and validation rows)
         if self.scores is None:
             self.scores = torch.full((n_rows,), INITIAL_SCORE, device=ctx.device)
             self.weights = torch.ones(n_rows, device=ctx.device)
         self.weights.fill_(1.0)
-        epochs = int(ctx.cfg.trainer.epochs)
+        epochs = int(ctx.epochs)
         pruning = self.epoch + 1 <= self.delta * epochs  # the code's iterations <= stop_prune
         self.epoch += 1
         positions = torch.arange(len(train))

@@ -76,8 +76,8 @@ class SALN(Selector):
     def shrink_for_smoke(cls, options) -> None:
         super().shrink_for_smoke(options)
         if options.get("features") == "pretrained":  # no weights offline: the architecture is
-            options.backbone_weights = None  # what is smoke-tested, on the stand-in's 32x32
-            options.feature_size = None
+            options["backbone_weights"] = None  # what is smoke-tested, on the stand-in's 32x32
+            options["feature_size"] = None
 
     def prepare(self, ctx: RunContext) -> ViewSources:
         if self.solver == "auto":
@@ -85,7 +85,7 @@ class SALN(Selector):
         if self.feature_source != "pretrained":
             return ViewSources()
         store = FeatureStore.load_or_extract(
-            ctx.data, ctx.cfg.dataset, ctx.cache_dir, self.backbone, self.backbone_weights,
+            ctx.data, ctx.dataset, ctx.cache_dir, self.backbone, self.backbone_weights,
             self.feature_size, ctx.device, download=self.download,
         )  # fmt: skip
         return ViewSources(pretrained_features=store)

@@ -11,17 +11,23 @@ from saln_exp.selectors.base import RunContext, Selector, ViewSources
 
 
 class WithReferenceModel(Selector):
-    """Not a selector by itself (its `name` stays "base", so it is not registered)."""
+    """Not a selector by itself (its `name` stays "base", so it is not registered).
+
+    `reference` is the recipe of the reference model that `prepare` trains or loads (the
+    `selector.reference` keys); None where the reference losses come from elsewhere (a model
+    or lookup given to `selection.make`), so there is nothing to prepare."""
 
     def __init__(self, reference: dict | None = None, **common: Any):
         super().__init__(**common)
-        self.reference_options = dict(reference or {})
+        self.reference_options = None if reference is None else dict(reference)
 
     def prepare(self, ctx: RunContext) -> ViewSources:
+        if self.reference_options is None:
+            return ViewSources()
         return ViewSources(reference_losses=ReferenceLosses.prepare(ctx, self.reference_options))
 
     @classmethod
-    def shrink_for_smoke(cls, options: Any) -> None:
+    def shrink_for_smoke(cls, options: dict[str, Any]) -> None:
         super().shrink_for_smoke(options)
-        if "reference" in options:
-            options.reference.epochs = 1
+        if options.get("reference"):
+            options["reference"]["epochs"] = 1
