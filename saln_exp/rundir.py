@@ -18,6 +18,7 @@ belong to another run.
     final_layer.npz      the classifier's weights at the end (SALN Fig. 9-10)
     forgetting.npz       per-sample forgetting events (Toneva et al.)
     prune.json           what a pruning method removed before training
+    prune_scores.npz     its per-sample scores, keep mask and the method's own arrays
     label_noise.json     which training labels were corrupted on purpose
     figures/             figures saln-report draws for this run
     .lock                held by the process that owns the directory
@@ -55,6 +56,7 @@ SELECTION_EXAMPLE = "selection_example.pt"
 FINAL_LAYER = "final_layer.npz"
 FORGETTING = "forgetting.npz"
 PRUNE = "prune.json"
+PRUNE_SCORES = "prune_scores.npz"
 LABEL_NOISE = "label_noise.json"
 FIGURES = "figures"
 LOCK = ".lock"

@@ -4,6 +4,8 @@ leaves the learner's random stream alone, and composes with every online selecto
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import random
 
@@ -22,6 +24,7 @@ from saln_exp.prune import prune_dataset, validate_prune
 from saln_exp.prune.common import drop_by_score, subset_train
 from saln_exp.prune.el2n import el2n_scores
 from saln_exp.prune.grand import grand_scores
+from saln_exp.rundir import RunDirWriteError
 from saln_exp.selectors import SELECTORS as REGISTERED
 
 CPU = torch.device("cpu")
@@ -214,6 +217,28 @@ def test_pruning_is_saved_reproducible_and_leaves_the_learners_rng_alone(
     second = prune_dataset(prune_job(cached), data, CPU, tmp_path / "d")[1]
     assert not first["prune/cached"] and second["prune/cached"]
     assert read_json(tmp_path / "d" / "prune.json")["dropped_index"] == saved["dropped_index"]
+
+
+def test_prune_scores_are_written_whole_or_not_at_all(make_cfg, tmp_path, monkeypatch):
+    """prune_scores.npz is written as every run file is (rundir.py): a write that fails half-way
+    (a full disk) leaves the earlier file as it was and ends in one line naming the file."""
+    cfg = make_cfg("prune=el2n", "prune.repeats=1", "prune.epochs=0", "prune.cache=false")
+    data = build_data(cfg.dataset, cfg.paths, CPU)
+    run_dir = tmp_path / "run"
+    prune_dataset(prune_job(cfg), data, CPU, run_dir)
+    before = (run_dir / "prune_scores.npz").read_bytes()
+
+    def disk_full(file, *args, **kwargs):  # half a zip archive, then no space left
+        with contextlib.ExitStack() as stack:
+            fh = file if hasattr(file, "write") else stack.enter_context(open(file, "wb"))
+            fh.write(before[: len(before) // 2])
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(np, "savez_compressed", disk_full)
+    with pytest.raises(RunDirWriteError, match=r"prune_scores\.npz"):
+        prune_dataset(prune_job(cfg), data, CPU, run_dir)
+    assert (run_dir / "prune_scores.npz").read_bytes() == before
+    assert [f.name for f in run_dir.iterdir() if f.name.endswith(".tmp")] == []
 
 
 def test_subset_train_keeps_indices_labels_and_clean_labels_together(make_cfg):

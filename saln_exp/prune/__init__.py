@@ -45,7 +45,7 @@ from saln_exp.prune.common import (
     subset_train,
 )
 from saln_exp.registry import import_all
-from saln_exp.rundir import LABEL_NOISE, PRUNE, write_json
+from saln_exp.rundir import LABEL_NOISE, PRUNE, PRUNE_SCORES, save_npz, write_json
 
 import_all(__name__, __path__)  # every method module registers itself
 
@@ -157,8 +157,8 @@ def prune_dataset(
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     write_json(run_dir / PRUNE, record_file)
-    np.savez_compressed(
-        run_dir / "prune_scores.npz",
+    save_npz(
+        run_dir / PRUNE_SCORES,
         index=index,
         score=np.asarray(result.scores, dtype=np.float64),
         keep=keep,
