@@ -342,8 +342,11 @@ class Trainer:
             else:
                 loss = F.cross_entropy(logits.float(), kept.y)
                 loss_sum = loss.detach() * len(kept)
-                losses = F.cross_entropy(logits.detach().float(), kept.y, reduction="none")
-            self.sel.update(kept.index, losses)  # a no-op for selectors that learn nothing
+                losses = None  # per-sample losses only where something reads them (below)
+                if self.sel.learns_from_steps or self.world.active:
+                    losses = F.cross_entropy(logits.detach().float(), kept.y, reduction="none")
+            if self.sel.learns_from_steps:
+                self.sel.update(kept.index, losses)
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
             self.scaler.step(self.optimizer)
