@@ -357,10 +357,10 @@ class Trainer:
                 sizes = None if self.sel.per_rank else self.world.sizes(kept.step_size)
                 rows = distributed.all_gather_cat(rows, sizes)
                 loss_sum, correct, index = rows[:, 0].sum(), rows[:, 1] > 0.5, rows[:, 2].long()
-            forgotten = self.forgetting.update(index, correct)
+            self.forgetting.update(index, correct)  # counted in `flush`
             # summed on the device; read back (one synchronisation) every few batches in `flush`
-            sums = torch.stack([loss_sum, correct.sum(), forgotten])
-            self.pending += sums.to(self.pending.dtype)
+            sums = torch.stack([loss_sum, correct.sum()])
+            self.pending[:2] += sums.to(self.pending.dtype)
         stats.steps += 1
         stats.backprop += kept.step_size
         p.steps += 1
@@ -371,6 +371,7 @@ class Trainer:
 
         Called every `trainer.log_every_steps` batches and before checkpoints and evaluation, so
         a GPU is not made to wait for the host after every step."""
+        self.pending[2] += self.forgetting.new_events().to(self.pending.dtype)
         loss_sum, correct, forgotten = self.pending.tolist()
         self.pending.zero_()
         p = self.progress

@@ -29,32 +29,60 @@ SEQUENCES = {
 EXPECTED_EVENTS = {0: 0, 1: 2, 2: 0, 3: 1, 4: 0, 5: 3}
 
 
-def replay(tracker: ForgettingTracker, sequences: dict[int, list[int]], seed: int = 0) -> list[int]:
-    """Present every index once per epoch, in shuffled mini-batches of 4 as a trainer would."""
+def replay(
+    tracker: ForgettingTracker, sequences: dict[int, list[int]], seed: int = 0, every: int = 1
+) -> list[int]:
+    """Present every index once per epoch, in shuffled mini-batches of 4 as a trainer would,
+    reading the new forgetting events every `every` batches (0: only at the end)."""
     rng = np.random.default_rng(seed)
-    returned = []
+    counts, batches = [], 0
     for epoch in range(len(next(iter(sequences.values())))):
         order = rng.permutation(list(sequences))
         for start in range(0, len(order), 4):
             index = torch.as_tensor(order[start : start + 4])
             correct = torch.tensor([bool(sequences[int(i)][epoch]) for i in index])
-            returned.append(tracker.update(index, correct))
-    return returned
+            tracker.update(index, correct)
+            batches += 1
+            if every and batches % every == 0:
+                counts.append(int(tracker.new_events()))
+    counts.append(int(tracker.new_events()))
+    return counts
 
 
-def test_forgetting_counts_on_hand_made_sequences_are_exact():
+@pytest.mark.parametrize(
+    "every", [1, 3, 0], ids=["each batch", "every 3 batches", "once at the end"]
+)
+def test_forgetting_counts_on_hand_made_sequences_are_exact(every):
+    """However many presentations are applied together (a sample is presented six times before
+    the end when `every` is 0), the counts are the hand-made sequences' own."""
     tracker = ForgettingTracker(8)  # indices 6 and 7 are never presented
-    returned = replay(tracker, SEQUENCES)
+    counts = replay(tracker, SEQUENCES, every=every)
     events = tracker.events.tolist()
     assert {i: events[i] for i in SEQUENCES} == EXPECTED_EVENTS
-    assert sum(returned) == sum(EXPECTED_EVENTS.values())  # update() returns the batch's events
+    assert sum(counts) == sum(EXPECTED_EVENTS.values())  # new_events() counts each event once
     assert tracker.learned.tolist() == [True, True, False, True, True, True, False, False]
     assert tracker.presented.tolist() == [6] * 6 + [0, 0]
+    assert tracker.last.tolist() == [1, 1, 0, 1, 1, 0, -1, -1]  # the last presentation's
     summary = tracker.summary(torch.arange(8))
     assert summary["forget/events_total"] == 6
     assert summary["forget/events_mean"] == pytest.approx(1.0)  # over the 6 presented samples
     assert summary["forget/unforgettable_frac"] == pytest.approx(2 / 6)
     assert summary["forget/never_learned_frac"] == pytest.approx(1 / 6)
+
+
+def test_a_checkpoint_carries_the_presentations_recorded_since_the_last_read():
+    """state_dict() applies what update() recorded: a tracker restored from it after three
+    epochs, fed the last three, ends where one fed all six ends."""
+    straight, first = ForgettingTracker(8), ForgettingTracker(8)
+    replay(straight, SEQUENCES)
+    index = torch.as_tensor(list(SEQUENCES))
+    for epoch in range(3):  # recorded, never read before the checkpoint
+        first.update(index, torch.tensor([bool(SEQUENCES[int(i)][epoch]) for i in index]))
+    resumed = ForgettingTracker(8)
+    resumed.load_state_dict(first.state_dict())
+    replay(resumed, {i: seq[3:] for i, seq in SEQUENCES.items()})
+    for key in ("last", "events", "learned", "presented"):
+        assert torch.equal(getattr(resumed, key), getattr(straight, key)), key
 
 
 def test_never_learned_counts_as_forgotten_infinitely_often_and_is_kept():
