@@ -12,6 +12,18 @@ from torch import Tensor
 UNSEEN = -1
 
 
+class _Settled:
+    """A per-sample tensor of a `ForgettingTracker` (stored as `_<name>`), read after the
+    presentations it recorded are applied."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.stored = f"_{name}"
+
+    def __get__(self, tracker: ForgettingTracker, owner: type | None = None) -> Tensor:
+        tracker.settle()
+        return getattr(tracker, self.stored)
+
+
 class ForgettingTracker:
     """Per-sample presentation counts, learned flags and forgetting events.
 
@@ -62,25 +74,11 @@ class ForgettingTracker:
         self._last[index[final]] = now[final]
         self._new_events += forgotten.sum()
 
-    @property
-    def last(self) -> Tensor:
-        self.settle()
-        return self._last
-
-    @property
-    def events(self) -> Tensor:
-        self.settle()
-        return self._events
-
-    @property
-    def learned(self) -> Tensor:
-        self.settle()
-        return self._learned
-
-    @property
-    def presented(self) -> Tensor:
-        self.settle()
-        return self._presented
+    # the per-sample state, as every reader sees it: with what `update` recorded applied
+    last = _Settled()  # -1 unseen, else 0 / 1: the last presentation incorrect / correct
+    events = _Settled()
+    learned = _Settled()
+    presented = _Settled()
 
     def summary(self, indices: Tensor) -> dict[str, float]:
         """Numbers over the given (training) indices."""
